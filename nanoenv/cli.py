@@ -1,0 +1,305 @@
+"""The ``nanoenv`` command: demo, run, data, runs, tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nanoenv.errors import NanoEnvError
+from nanoenv.types import LossPoint, RunResult
+
+DEFAULT_ENV = "nanoenv/Speedrun-Tiny-v0"
+
+
+class Progress:
+    """A live progress line while a run trains: one rewritten line on a terminal, lines otherwise."""
+
+    def __init__(self, stream: Any = sys.stdout) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, step: int, point: LossPoint) -> None:
+        if point.val_loss is None and not self.tty:
+            return  # off a terminal, print only the val points
+        loss = (
+            f"val_loss {point.val_loss:.4f}"
+            if point.val_loss is not None
+            else (f"train_loss {point.train_loss:.4f}" if point.train_loss is not None else "")
+        )
+        total = f"/{point.total_steps}" if point.total_steps else ""
+        train = f"train {point.train_time_s:6.1f}s" if point.train_time_s is not None else ""
+        # `wall` is the harness's own clock: seconds since the job started.
+        text = f"  [step {step}] {point.step:>5}{total}  {loss:<18} {train}  wall {point.received_s or 0:6.1f}s"
+        if self.tty:
+            end = "\n" if point.val_loss is not None and point.step == point.total_steps else ""
+            self.stream.write("\r\033[K" + text + end)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """End the live line."""
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _make_env(args: argparse.Namespace, progress: Progress | None, **kwargs: Any):
+    import gymnasium as gym
+
+    import nanoenv  # noqa: F401  (registers the ids)
+
+    env_id = args.env if "/" in args.env else f"nanoenv/{args.env}"
+    return gym.make(
+        env_id,
+        smoke=args.smoke,
+        sandbox=args.sandbox,
+        runs_dir=args.runs_dir,
+        progress=progress,
+        disable_env_checker=True,
+        **kwargs,
+    )
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def results_table(rows: list[tuple[str, RunResult]]) -> str:
+    """A plain-text table of steps: change, outcome, val loss, times, reward."""
+    head = f"{'step':>4}  {'change':<28} {'outcome':<14} {'val_loss':>8} {'train s':>8} {'wall s':>7} {'reward':>8}"
+    lines = [head, "-" * len(head)]
+    for label, r in rows:
+        lines.append(
+            f"{r.step:>4}  {label[:28]:<28} {r.outcome.value:<14} {_fmt(r.val_loss, '8.4f')} "
+            f"{_fmt(r.train_time_s, '8.2f')} {r.wall_time_s:7.1f} {r.reward:+8.4f}"
+        )
+    return "\n".join(lines)
+
+
+def _patches_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (
+        here / "_data" / "examples" / "patches",
+        here.parent / "examples" / "patches",
+    ):
+        if candidate.is_dir():
+            return candidate
+    raise NanoEnvError("cannot find examples/patches next to the nanoenv package")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """One episode: the baseline, then one improvement, live; a table and a loss-curve PNG."""
+    patch_path = Path(args.patch) if args.patch else _patches_dir() / "muon.diff"
+    progress = Progress()
+    print(
+        f"nanoenv demo: {args.env}{' (smoke size)' if args.smoke else ''}, sandbox={args.sandbox}"
+    )
+    print(
+        "Preparing the environment (the first run downloads and prepares the data)...", flush=True
+    )
+    env = _make_env(args, progress)
+    obs, info = env.reset(seed=args.seed)
+    print(f"Target val_loss {info['target_val_loss']:.4f}; baseline trains in "
+          f"{info['baseline_train_time_s']:.1f} s on the reference machine.\n")  # fmt: skip
+    rows: list[tuple[str, RunResult]] = []
+    for label, action in (("baseline (no change)", ""), (patch_path.stem, patch_path.read_text())):
+        print(f"Step {len(rows) + 1}: {label}", flush=True)
+        obs, reward, _, _, info = env.step(action)
+        progress.done()
+        result: RunResult = info["result"]
+        rows.append((label, result))
+        print(f"  -> {result.outcome.value}: {result.message}; reward {reward:+.4f}\n", flush=True)
+    print(results_table(rows))
+    episode_dir = env.unwrapped.episode_dir
+    try:
+        from nanoenv.plots import plot_curves
+
+        png = plot_curves(
+            rows,
+            episode_dir / "loss_curves.png",
+            target=env.unwrapped.settings.target_val_loss,
+            title=f"{args.env}: loss against training time",
+        )
+        print(f"\nLoss curves: {png}")
+    except ImportError:
+        print("\n(install nanoenv[plots] for a loss-curve PNG)")
+    print(f"Artifacts of every step: {episode_dir}")
+    print("\nThe last step's feedback, as an agent reads it:\n")
+    print(obs["feedback"])
+    env.close()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """One step: the baseline, a patch, or a whole script."""
+    from nanoenv.types import Action
+
+    progress = Progress()
+    env = _make_env(args, progress, max_steps=1)
+    env.reset(seed=args.seed)
+    if args.script:
+        action: Any = Action(script=Path(args.script).read_text())
+    elif args.patch:
+        action = Path(args.patch).read_text()
+    else:
+        action = ""
+    obs, _, _, _, info = env.step(action)
+    progress.done()
+    result: RunResult = info["result"]
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        log_file = Path(result.artifacts_dir or ".") / "log.txt"
+        if args.smoke and log_file.exists():
+            print("\n".join(ln for ln in log_file.read_text().splitlines() if "val_loss:" in ln))
+        print(obs["feedback"])
+    env.close()
+    return 0 if result.outcome.value in ("ok", "missed_target") else 1
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Prepare, verify or locate a dataset."""
+    from nanoenv import data
+
+    if args.data_cmd == "prepare":
+        t = time.monotonic()
+        root = data.prepare(
+            args.name, source=Path(args.source) if args.source else None, force=args.force
+        )
+        manifest = data.load_manifest(root)
+        print(f"{manifest.dataset}: {root} ({time.monotonic() - t:.1f} s)")
+        for split in ("train", "val", "hidden_val"):
+            print(
+                f"  {split:<10} {manifest.tokens(split):>12,} tokens in {len(manifest.split_files(split))} shard(s)"
+            )
+        print(f"  manifest sha256 {manifest.content_hash()}")
+    elif args.data_cmd == "verify":
+        root = data.dataset_root(data._canonical(args.name))
+        manifest = data.verify_dataset(root)
+        print(
+            f"{manifest.dataset}: OK, {len(manifest.files)} shards match manifest {manifest.content_hash()}"
+        )
+    else:
+        print(data.dataset_root(data._canonical(args.name)))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List the episodes and steps under a runs folder."""
+    from nanoenv.records import load_result
+
+    root = Path(args.runs_dir)
+    episodes = sorted(p for p in root.glob("*") if (p / "episode.json").exists())
+    if not episodes:
+        print(f"no episodes under {root}")
+        return 0
+    for ep in episodes:
+        meta = json.loads((ep / "episode.json").read_text())
+        print(f"{ep.name}  task={meta.get('task')}  smoke={meta.get('smoke')}")
+        for step_dir in sorted(ep.glob("step-*")):
+            r = load_result(step_dir)
+            if r is None:
+                print(f"  {step_dir.name}  interrupted (no result.json)")
+            else:
+                print(f"  {step_dir.name}  {r.outcome.value:<14} val_loss {_fmt(r.val_loss, '.4f'):>7}  "
+                      f"train {_fmt(r.train_time_s, '.2f'):>6} s  reward {r.reward:+.4f}")  # fmt: skip
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """List the tasks."""
+    from nanoenv.tasks import load_task, task_ids
+
+    for task_id in task_ids():
+        t = load_task(task_id)
+        print(
+            f"nanoenv/{t.id:<28} target {t.target_val_loss:.4f}  baseline {t.baseline.train_time_s:.1f} s  {t.title}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``nanoenv`` command."""
+    p = argparse.ArgumentParser(
+        prog="nanoenv", description="The NanoGPT speedrun as an environment."
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def env_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--env", default=DEFAULT_ENV, help=f"environment id (default {DEFAULT_ENV})"
+        )
+        sp.add_argument(
+            "--smoke", action="store_true", help="the few-seconds size, for trying things out"
+        )
+        sp.add_argument("--sandbox", default="local", choices=["local", "docker", "ray"])
+        sp.add_argument("--runs-dir", default="nanoenv-runs", help="where step artifacts go")
+        sp.add_argument("--seed", type=int, default=0)
+
+    demo = sub.add_parser("demo", help="run one episode: the baseline and one improvement")
+    env_args(demo)
+    demo.add_argument(
+        "--patch", help="the improvement to try (default: examples/patches/muon.diff)"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run one step: the baseline, a patch, or a script")
+    env_args(run)
+    run.add_argument("--patch", help="a unified diff against the baseline script")
+    run.add_argument("--script", help="a whole script to run instead of the baseline")
+    run.add_argument("--json", action="store_true", help="print the RunResult as JSON")
+    run.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="prepare and check datasets")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    prep = dsub.add_parser("prepare", help="build a dataset's shards (idempotent)")
+    prep.add_argument("name", help="dataset: tiny")
+    prep.add_argument("--source", help="a local copy of the raw source (offline machines)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if a good copy exists")
+    for name, helptext in (
+        ("verify", "check every shard against the manifest"),
+        ("path", "print where it lives"),
+    ):
+        sp = dsub.add_parser(name, help=helptext)
+        sp.add_argument("name")
+    data.set_defaults(func=cmd_data)
+
+    runs = sub.add_parser("runs", help="look at recorded runs")
+    rsub = runs.add_subparsers(dest="runs_cmd", required=True)
+    lst = rsub.add_parser("list", help="list episodes and their steps")
+    lst.add_argument("--runs-dir", default="nanoenv-runs")
+    runs.set_defaults(func=cmd_runs)
+
+    tasks = sub.add_parser("tasks", help="list the tasks")
+    tasks.set_defaults(func=cmd_tasks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nanoenv`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    import gymnasium.error
+
+    try:
+        return int(args.func(args) or 0)
+    except (NanoEnvError, gymnasium.error.Error) as e:
+        print(f"nanoenv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nnanoenv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The text an agent reads: the task's brief at reset, and a report of every step.
+
+Written for a language model to read as it is: the outcome first, then what failed and where,
+then the numbers. A program should read ``info["result"]`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nanoenv.runner import RunSettings
+from nanoenv.types import Outcome, RunResult, TaskSpec
+
+_CURVE_ROWS = 16
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if x is None else (str(x) if not math.isfinite(x) else format(x, fmt))
+
+
+def brief(
+    task: TaskSpec, settings: RunSettings, *, smoke: bool, sandbox: str, max_steps: int
+) -> str:
+    """The task's brief: goal, target, rules, budget, and the baseline's numbers."""
+    size = " (smoke size: a few-seconds version for tests)" if smoke else ""
+    protected = "\n".join(f"  - [{r.name}]: {r.why}" for r in task.protected) or "  (none)"
+    return f"""# {task.title or task.id}{size}
+
+{task.description.strip()}
+
+Goal: reach val_loss <= {settings.target_val_loss:.4f} in less training time than the baseline
+({settings.baseline_train_time_s:.1f} s, final val_loss {settings.baseline_val_loss:.4f}, measured on
+{task.baseline.hardware or "the reference machine"}). Reward: {settings.reward}.
+
+Actions: a unified diff against the current script `{task.script}` (an empty string reruns it),
+or nanoenv.Action(script=...) for a whole new script, with base=k to start from step k's
+script (0 = the baseline). Each step runs the script once, for at most {settings.timeout_s:.0f} s, in the
+`{sandbox}` sandbox. The episode is truncated after {max_steps} steps.
+
+Rules: only `{task.script}` may change; a patch is at most {task.max_patch_bytes:,} bytes. These
+protected regions must stay exactly as they are:
+{protected}
+The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),
+define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR.
+"""
+
+
+def _curve(result: RunResult) -> str:
+    vals = result.val_curve
+    if not vals:
+        return ""
+    if len(vals) > _CURVE_ROWS:  # keep the first, the last, and evenly spaced rows between
+        idx = sorted({round(i * (len(vals) - 1) / (_CURVE_ROWS - 1)) for i in range(_CURVE_ROWS)})
+        vals = [vals[i] for i in idx]
+    rows = "\n".join(
+        f"  {p.step:>6}  {_num(p.train_time_s, '8.1f')} s  {_num(p.val_loss)}" for p in vals
+    )
+    return f"\nVal curve (step, reported train time, val_loss):\n{rows}\n"
+
+
+def report(result: RunResult, settings: RunSettings, *, current_step: int) -> str:
+    """A readable report of one step."""
+    base = "" if result.base is None else f" (from step {result.base})"
+    head = f"Step {result.step}{base}: {result.outcome.value} - {result.message}"
+    lines = [head]
+    if result.outcome is Outcome.OK:
+        speed = settings.baseline_train_time_s / max(result.train_time_s or math.inf, 1e-9)
+        lines.append(
+            f"val_loss {_num(result.val_loss)} (target {settings.target_val_loss:.4f}) in "
+            f"{_num(result.train_time_s, '.2f')} s of training; baseline "
+            f"{settings.baseline_train_time_s:.2f} s ({speed:.2f}x)."
+        )
+    elif result.outcome is Outcome.MISSED_TARGET:
+        lines.append(
+            f"val_loss {_num(result.val_loss)} after {_num(result.train_time_s, '.2f')} s; the "
+            f"target is {settings.target_val_loss:.4f} (baseline {settings.baseline_train_time_s:.2f} s)."
+        )
+    elif result.outcome in (Outcome.PATCH_FAILED, Outcome.REJECTED):
+        lines.append(f"The script was not run. The current script is still step {current_step}'s.")
+    elif result.outcome is Outcome.INFRA_ERROR:
+        lines.append("The environment failed, not your script: this step costs nothing.")
+    lines.append(f"Reward ({settings.reward}): {result.reward:+.4f}")
+    verdict = result.verdict
+    if verdict.verified:
+        lines.append("VERIFIED by the harness.")
+    else:
+        lines.append(f"UNVERIFIED: {verdict.reason}")
+    for check in verdict.failed:
+        nums = ", ".join(f"{k}={v:.4g}" for k, v in check.numbers.items())
+        lines.append(
+            f"  check failed: {check.name}: {check.detail}" + (f" ({nums})" if nums else "")
+        )
+    text = "\n".join(lines) + "\n" + _curve(result)
+    if result.notes:
+        text += "\nNotes:\n" + "\n".join(f"  - {n}" for n in result.notes) + "\n"
+    if (
+        result.outcome in (Outcome.CRASHED, Outcome.TIMED_OUT, Outcome.MISSED_TARGET)
+        and result.log_tail
+    ):
+        tail = result.log_tail.splitlines()[-15:]
+        text += "\nLast lines of output:\n" + "\n".join(f"  {t}" for t in tail) + "\n"
+    tel = result.telemetry
+    if tel:
+        text += (
+            f"\nWall time {result.wall_time_s:.1f} s; CPU time {tel.get('cpu_time_s', 0):.1f} s; "
+            f"peak memory {tel.get('peak_rss_mb', 0):.0f} MB."
+        )
+        if result.artifacts_dir:
+            text += f" Artifacts: {result.artifacts_dir}"
+        text += "\n"
+    return text

@@ -1,0 +1,339 @@
+"""Apply and police patches: which file, which regions, how big, what encoding.
+
+A patch is a unified diff against the task's one script, with git-style (``a/train.py``,
+``b/train.py``) or plain (``train.py``) headers, or bare ``@@`` hunks with no header at all.
+Hunks are located the way GNU patch does it, exact context first at the stated line and then
+at the nearest offset; failing that, ignoring trailing whitespace. Hunk headers whose line
+counts are wrong (common in hand- or model-written diffs) are read by their body instead.
+
+Errors come in two kinds: :class:`PatchError` (the diff is malformed or does not apply,
+outcome ``patch_failed``) and :class:`PolicyError` (it breaks a rule of the task, outcome
+``rejected``). Both say which hunk or file, and why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+from nanoenv.errors import PatchError, PolicyError
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_PROTECTED = re.compile(r"^# --- nanoenv: protected (begin|end) \[([\w-]+)\] ---\s*$", re.M)
+# Control characters that never belong in a script (tab, newline and carriage return do).
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+@dataclass
+class Hunk:
+    """One ``@@`` hunk: its header numbers and its body as (tag, text) pairs."""
+
+    header: str
+    old_start: int
+    new_start: int
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def old(self) -> list[str]:
+        return [t for tag, t in self.lines if tag in " -"]
+
+    @property
+    def new(self) -> list[str]:
+        return [t for tag, t in self.lines if tag in " +"]
+
+
+@dataclass
+class FilePatch:
+    """The hunks for one file of a diff."""
+
+    old_path: str | None
+    new_path: str | None
+    hunks: list[Hunk] = field(default_factory=list)
+
+
+@dataclass
+class Applied:
+    """The result of applying a diff: the new script and notes for the agent."""
+
+    script: str
+    notes: list[str] = field(default_factory=list)
+
+
+def normalize_text(text: str) -> str:
+    """Unix line ends, so diffs written on any platform match."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _strip_path(raw: str) -> str | None:
+    """``a/train.py\\t2024-..`` -> ``train.py``; ``/dev/null`` -> None."""
+    path = raw.split("\t")[0].strip()
+    if path.startswith('"') and path.endswith('"'):
+        path = path[1:-1]
+    if path == "/dev/null":
+        return None
+    if path.startswith(("a/", "b/")):
+        path = path[2:]
+    return path
+
+
+def parse_diff(diff: str) -> list[FilePatch]:
+    """Parse a unified diff into file patches.
+
+    Raises:
+        PatchError: the text holds no hunk, or a hunk header is malformed.
+    """
+    lines = normalize_text(diff).split("\n")
+    patches: list[FilePatch] = []
+    current: FilePatch | None = None
+    hunk: Hunk | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        is_header = (
+            line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ ")
+        )
+        if is_header:
+            current = FilePatch(_strip_path(line[4:]), _strip_path(lines[i + 1][4:]))
+            patches.append(current)
+            hunk = None
+            i += 2
+            continue
+        if line.startswith("diff ") or line.startswith("index ") or line.startswith("Index: "):
+            hunk = None
+        elif line.startswith("@@"):
+            m = _HUNK.match(line)
+            if m is None:
+                raise PatchError(
+                    f"line {i + 1} of the diff is not a hunk header: {line[:80]!r} "
+                    "(expected `@@ -start,count +start,count @@`)"
+                )
+            if current is None:  # bare hunks with no file header apply to the script
+                current = FilePatch(None, "")
+                patches.append(current)
+            hunk = Hunk(line, int(m.group(1)), int(m.group(3)))
+            current.hunks.append(hunk)
+        elif hunk is not None:
+            if line.startswith(("+", "-", " ")):
+                hunk.lines.append((line[0], line[1:]))
+            elif line == "":
+                # Editors and models drop the space of empty context lines; keep them as context.
+                hunk.lines.append((" ", ""))
+            elif line.startswith("\\"):
+                pass  # "\ No newline at end of file"
+            else:
+                hunk = None  # the hunk is over; what follows is commentary
+        i += 1
+    for p in patches:
+        for h in p.hunks:
+            while h.lines and h.lines[-1] == (" ", ""):
+                h.lines.pop()  # trailing blank lines of the diff text, not context
+    patches = [p for p in patches if p.hunks or p.old_path is None]
+    if not any(p.hunks for p in patches):
+        raise PatchError(
+            "the action is not a unified diff: no `@@ -a,b +c,d @@` hunk found. Send a diff "
+            "(e.g. from `diff -u` or `git diff`), or the whole script as Action(script=...)"
+        )
+    return patches
+
+
+def _target_ok(path: str | None, script_name: str) -> bool:
+    if path is None or path == "":
+        return True
+    if path.startswith("/") or ".." in path.split("/"):
+        return False
+    return posixpath.basename(posixpath.normpath(path)) == script_name
+
+
+def _find(lines: list[str], block: list[str], start: int, lo: int, strip: bool) -> int | None:
+    """Index in ``lines`` (at or after ``lo``) where ``block`` matches, nearest to ``start``."""
+    if strip:
+        lines = [s.rstrip() for s in lines]
+        block = [s.rstrip() for s in block]
+    n, m = len(lines), len(block)
+    start = min(max(start, lo), max(n - m, lo))
+    for offset in range(max(n, 1)):
+        for pos in (start - offset, start + offset) if offset else (start,):
+            if lo <= pos <= n - m and lines[pos : pos + m] == block:
+                return pos
+        if start - offset < lo and start + offset > n - m:
+            break
+    return None
+
+
+def _closest(lines: list[str], block: list[str], want: int) -> str:
+    """Describe where the block comes closest to matching (ties: nearest ``want``)."""
+    if not block:
+        return ""
+    best, best_pos = (-1, 0), 0
+    for pos in range(max(1, len(lines) - len(block) + 1)):
+        score = (
+            sum(a == b for a, b in zip(lines[pos : pos + len(block)], block, strict=False)),
+            -abs(pos - want),
+        )
+        if score > best:
+            best, best_pos = score, pos
+    for k, want in enumerate(block):
+        got = lines[best_pos + k] if best_pos + k < len(lines) else "<end of file>"
+        if got != want:
+            return (
+                f" The closest place is line {best_pos + 1} ({best[0]}/{len(block)} lines match); "
+                f"there line {best_pos + k + 1} reads {got!r} but the hunk expects {want!r}."
+            )
+    return ""
+
+
+def apply_diff(source: str, diff: str, script_name: str) -> Applied:
+    """Apply a unified diff to the script ``script_name`` whose text is ``source``.
+
+    Raises:
+        PatchError: the diff is malformed or a hunk does not apply (the message names it).
+        PolicyError: the diff touches a file other than the script, or a path outside it.
+    """
+    patches = parse_diff(diff)
+    for p in patches:
+        for path in (p.old_path, p.new_path):
+            if not _target_ok(path, script_name):
+                raise PolicyError(
+                    f"the diff changes {path!r}; only the script {script_name!r} may change "
+                    "(paths must be relative, without `..`)"
+                )
+    if len(patches) > 1:
+        raise PatchError(f"the diff has {len(patches)} sections for {script_name!r}; send one")
+    patch = patches[0]
+    if patch.old_path is None and patch.new_path:  # `--- /dev/null`: the whole file is new
+        return Applied(
+            "\n".join(patch.hunks[0].new) + "\n",
+            ["the diff creates the script from /dev/null: it replaces it whole"],
+        )
+
+    text = normalize_text(source)
+    had_newline = text.endswith("\n")
+    lines = text.split("\n")
+    if had_newline:
+        lines.pop()
+    notes: list[str] = []
+    offset, lo = 0, 0
+    for k, hunk in enumerate(patch.hunks, start=1):
+        old, new = hunk.old, hunk.new
+        if not old:  # pure insertion: after line old_start
+            pos = min(max(hunk.old_start + offset, lo), len(lines))
+        else:
+            want = hunk.old_start - 1 + offset
+            pos = _find(lines, old, want, lo, strip=False)
+            if pos is None:
+                pos = _find(lines, old, want, lo, strip=True)
+                if pos is not None:
+                    notes.append(f"hunk {k} matched only when ignoring trailing whitespace")
+            if pos is None:
+                raise PatchError(
+                    f"hunk {k} of {len(patch.hunks)} ({hunk.header}) does not apply: its "
+                    f"{len(old)} context and removed lines are not in {script_name}"
+                    + (f" after line {lo}" if lo else "")
+                    + "."
+                    + _closest(lines, old, want)
+                )
+            if pos != want:
+                notes.append(f"hunk {k} applied at line {pos + 1} (offset {pos - want:+d} lines)")
+        lines[pos : pos + len(old)] = new
+        offset += len(new) - len(old)
+        lo = pos + len(new)
+    return Applied("\n".join(lines) + ("\n" if had_newline or not lines else ""), notes)
+
+
+def make_diff(old: str, new: str, script_name: str = "train.py") -> str:
+    """A git-style unified diff from ``old`` to ``new`` (empty if they are equal)."""
+    return "".join(
+        difflib.unified_diff(
+            normalize_text(old).splitlines(keepends=True),
+            normalize_text(new).splitlines(keepends=True),
+            fromfile=f"a/{script_name}",
+            tofile=f"b/{script_name}",
+        )
+    )
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def check_text(text: str, what: str, max_bytes: int) -> None:
+    """Police an incoming diff or script: size, and no binary content.
+
+    Raises:
+        PolicyError: naming the size or the first binary character and where it is.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise PolicyError(f"the {what} is {size:,} bytes; the limit is {max_bytes:,} bytes")
+    if m := _BINARY.search(text):
+        line = text.count("\n", 0, m.start()) + 1
+        raise PolicyError(
+            f"the {what} holds binary content: byte {ord(m.group()):#04x} on line {line}"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PolicyError(f"the {what} is not valid UTF-8 text: {e.reason}") from None
+
+
+def decode_action_text(data: bytes, what: str) -> str:
+    """Decode bytes that an agent sent as text; invalid UTF-8 is a policy error."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(
+            f"the {what} is not valid UTF-8: byte {data[e.start]:#04x} at offset {e.start}"
+        ) from None
+
+
+def protected_regions(script: str) -> dict[str, str]:
+    """Map each protected region's name to its text (markers included).
+
+    Raises:
+        PolicyError: a marker is missing, unbalanced, or repeated.
+    """
+    regions: dict[str, str] = {}
+    open_at: dict[str, int] = {}
+    for m in _PROTECTED.finditer(script):
+        kind, name = m.group(1), m.group(2)
+        if kind == "begin":
+            if name in open_at or name in regions:
+                raise PolicyError(f"protected region [{name}] begins twice")
+            open_at[name] = m.start()
+        else:
+            if name not in open_at:
+                raise PolicyError(f"protected region [{name}] ends without a begin marker")
+            regions[name] = script[open_at.pop(name) : m.end()]
+    if open_at:
+        raise PolicyError(f"protected region [{next(iter(open_at))}] has no end marker")
+    return regions
+
+
+def check_protected(baseline: str, candidate: str, names: list[str]) -> None:
+    """Every named protected region of the baseline must stand unchanged in the candidate.
+
+    Raises:
+        PolicyError: naming the region and the first line that differs.
+    """
+    if not names:
+        return
+    before = protected_regions(normalize_text(baseline))
+    after = protected_regions(normalize_text(candidate))
+    for name in names:
+        if name not in after:
+            raise PolicyError(
+                f"the protected region [{name}] is gone: keep the lines between "
+                f"`# --- nanoenv: protected begin [{name}] ---` and its end marker as they are"
+            )
+        if after[name] != before.get(name):
+            old, new = before.get(name, "").split("\n"), after[name].split("\n")
+            k = next(
+                (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+                min(len(old), len(new)),
+            )
+            shown = new[k] if k < len(new) else "<end of region>"
+            raise PolicyError(
+                f"the patch changes the protected region [{name}] (line {k + 1} of the region "
+                f"now reads {shown!r}); this region must stay exactly as in the baseline"
+            )

@@ -1,0 +1,69 @@
+"""Plots of runs: loss curves against training time. Needs matplotlib (``nanoenv[plots]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nanoenv.types import RunResult
+
+
+def plot_curves(
+    results: list[tuple[str, RunResult]],
+    path: Path,
+    *,
+    target: float | None = None,
+    title: str = "",
+) -> Path:
+    """Draw val loss (and, faintly, train loss) against reported training time, one line per run.
+
+    Args:
+        results: (label, result) pairs; runs without a curve are left out.
+        path: Where to write the PNG.
+        target: Draw the target val loss as a dashed line.
+        title: The figure's title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for label, result in results:
+        val = [
+            (p.train_time_s, p.val_loss)
+            for p in result.curve
+            if p.val_loss is not None and p.train_time_s is not None
+        ]
+        train = [
+            (p.train_time_s, p.train_loss)
+            for p in result.curve
+            if p.train_loss is not None and p.train_time_s is not None
+        ]
+        if not val and not train:
+            continue
+        (line,) = (
+            ax.plot(*zip(*val, strict=True), marker="o", markersize=3, label=f"{label} (val)")
+            if val
+            else (None,)
+        )
+        if train:
+            color = line.get_color() if line is not None else None
+            ax.plot(*zip(*train, strict=True), alpha=0.3, linewidth=1, color=color)
+    if target is not None:
+        ax.axhline(target, linestyle="--", color="gray", linewidth=1, label=f"target {target:.4f}")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    # Early losses dwarf the interesting part; show from the target's neighbourhood upward.
+    lows = [p.val_loss for _, r in results for p in r.curve if p.val_loss is not None]
+    if lows and target is not None:
+        finite = [x for x in lows if x == x and x != float("inf")]
+        if finite:
+            ax.set_ylim(min(min(finite), target) - 0.05, min(max(finite), target + 1.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

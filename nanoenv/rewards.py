@@ -1,0 +1,100 @@
+"""Reward functions. Every reward is finite; ``infra_error`` earns nothing and costs nothing.
+
+- ``time_to_target``: when the final val loss meets the target, ``log(baseline_time / time)``
+  (0 for the baseline itself, +0.69 for twice as fast); otherwise a penalty that grows with
+  the miss, from -0.05 to -1.
+- ``loss_at_budget``: the val loss reached within the baseline's training time (+5%), against
+  the baseline's final loss, in nats (positive is better), clipped to [-1, 1].
+- failures (``patch_failed``, ``rejected``, ``crashed``, ``timed_out``): -1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nanoenv.types import LossPoint, Outcome
+
+FAILURE_PENALTY = -1.0
+MISS_FLOOR = 0.05  # the smallest penalty for missing the target, so missing never ties meeting it
+MISS_SLOPE = 10.0  # penalty per unit of relative miss: 5% above the target costs 0.55
+MAX_GAIN = 5.0  # log(150x); a clip against division by a near-zero time
+
+
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward is measured against."""
+
+    target_val_loss: float
+    baseline_train_time_s: float
+    baseline_val_loss: float
+    budget_slack: float = 1.05  # a run may overrun the baseline's time by 5% (timing noise)
+
+    @property
+    def budget_s(self) -> float:
+        """The training-time budget of ``loss_at_budget``."""
+        return self.baseline_train_time_s * self.budget_slack
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def time_to_target(
+    outcome: Outcome, val_loss: float | None, train_time_s: float | None, curve: list[LossPoint],
+    ctx: RewardContext,
+) -> float:  # fmt: skip
+    """log(baseline time / time) if the target is met; a penalty growing with the miss if not."""
+    if outcome is Outcome.INFRA_ERROR:
+        return 0.0
+    if outcome not in (Outcome.OK, Outcome.MISSED_TARGET) or not _finite(val_loss):
+        return FAILURE_PENALTY
+    assert val_loss is not None
+    if val_loss <= ctx.target_val_loss and _finite(train_time_s):
+        assert train_time_s is not None
+        gain = math.log(ctx.baseline_train_time_s / max(train_time_s, 1e-3))
+        return max(-MAX_GAIN, min(MAX_GAIN, gain))
+    miss = (val_loss - ctx.target_val_loss) / ctx.target_val_loss
+    return -min(1.0, MISS_FLOOR + MISS_SLOPE * max(miss, 0.0))
+
+
+def loss_within(curve: list[LossPoint], budget_s: float) -> float | None:
+    """The last reported val loss at or before ``budget_s`` of training time."""
+    best = None
+    for p in curve:
+        if p.val_loss is not None and p.train_time_s is not None and p.train_time_s <= budget_s:
+            best = p.val_loss
+    return best
+
+
+def loss_at_budget(
+    outcome: Outcome, val_loss: float | None, train_time_s: float | None, curve: list[LossPoint],
+    ctx: RewardContext,
+) -> float:  # fmt: skip
+    """baseline loss - the loss reached within the baseline's time, in nats, clipped to [-1, 1]."""
+    if outcome is Outcome.INFRA_ERROR:
+        return 0.0
+    if outcome not in (Outcome.OK, Outcome.MISSED_TARGET):
+        return FAILURE_PENALTY
+    reached = loss_within(curve, ctx.budget_s)
+    if not _finite(reached):
+        return FAILURE_PENALTY
+    assert reached is not None
+    return max(-1.0, min(1.0, ctx.baseline_val_loss - reached))
+
+
+RewardFn = Callable[
+    [Outcome, "float | None", "float | None", list[LossPoint], RewardContext], float
+]
+REWARDS: dict[str, RewardFn] = {
+    "time_to_target": time_to_target,
+    "loss_at_budget": loss_at_budget,
+}
+
+
+def get_reward(name: str) -> RewardFn:
+    """Look up a reward function by name."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}")
+    return REWARDS[name]

@@ -1,0 +1,159 @@
+"""The sandbox protocol: a :class:`~nanoenv.types.Job` goes in, a ``JobResult`` comes out.
+
+Backends (local, docker, ray) share this shape and the helpers below; nothing here knows
+about gymnasium or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+from nanoenv.types import Job, JobResult, StampedLine
+
+LineCallback = Callable[[StampedLine], None]
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """Runs one job at a time per call; implementations must be safe to call from threads."""
+
+    name: str
+
+    def run(self, job: Job, on_line: LineCallback | None = None) -> JobResult:
+        """Run ``job`` to completion (or its deadline) and report what happened."""
+        ...
+
+    def close(self) -> None:
+        """Release what the sandbox holds (clients, pools)."""
+        ...
+
+
+def render_command(command: list[str], *, python: str, gpus: int) -> list[str]:
+    """Fill ``{python}`` and ``{gpus}`` in a task's command template."""
+    return [part.format(python=python, gpus=max(gpus, 1)) for part in command]
+
+
+def job_gpu_count(job: Job) -> int:
+    """How many GPUs a job asks for."""
+    return len(job.gpus) if isinstance(job.gpus, list) else int(job.gpus)
+
+
+class OutputPump:
+    """Reads a child's pipe line by line, stamps each line with the harness clock, caps bytes.
+
+    One pump per stream, each in its own thread; ``on_line`` is called from those threads,
+    under a lock, so callers see one line at a time.
+    """
+
+    def __init__(
+        self,
+        t0: float,
+        max_bytes: int,
+        on_line: LineCallback | None,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.t0 = t0
+        self.max_bytes = max_bytes
+        self.on_line = on_line
+        self.on_overflow = on_overflow
+        self.lines: list[StampedLine] = []
+        self.bytes_seen = 0
+        self.truncated = False
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, pipe: IO[bytes], stream: str) -> None:
+        """Start reading ``pipe`` (``stdout`` or ``stderr``) in a daemon thread."""
+        t = threading.Thread(target=self._pump, args=(pipe, stream), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _pump(self, pipe: IO[bytes], stream: str) -> None:
+        with pipe:
+            for raw in iter(pipe.readline, b""):
+                stamp = time.monotonic() - self.t0
+                with self._lock:
+                    self.bytes_seen += len(raw)
+                    if self.bytes_seen > self.max_bytes:
+                        if not self.truncated:
+                            self.truncated = True
+                            self.on_overflow()
+                        continue  # keep draining so the child is never blocked on a full pipe
+                    line = StampedLine(
+                        t=round(stamp, 4),
+                        stream=stream,  # type: ignore[arg-type]
+                        text=raw.decode("utf-8", "replace").rstrip("\r\n"),
+                    )
+                    self.lines.append(line)
+                    if self.on_line is not None:
+                        self.on_line(line)
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait for the readers to see end of file."""
+        for t in self._threads:
+            t.join(timeout)
+
+
+def copy_out(src: Path, dest: Path, max_bytes: int) -> list[str]:
+    """Copy regular files from ``src`` to ``dest``, never following links or leaving ``src``.
+
+    Returns notes on what was skipped (links, devices, files past the size budget).
+    """
+    notes: list[str] = []
+    if not src.is_dir():
+        return notes
+    dest.mkdir(parents=True, exist_ok=True)
+    budget = max_bytes
+    for root, dirs, files in os.walk(src, followlinks=False):
+        rel_root = Path(root).relative_to(src)
+        for d in list(dirs):
+            if os.path.islink(os.path.join(root, d)):
+                notes.append(f"skipped link {rel_root / d} in the out dir")
+                dirs.remove(d)
+        for name in files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            rel = rel_root / name
+            if not stat.S_ISREG(st.st_mode):
+                notes.append(f"skipped {rel} in the out dir: not a regular file")
+                continue
+            if st.st_size > budget:
+                notes.append(f"skipped {rel} in the out dir: over the {max_bytes:,}-byte budget")
+                continue
+            budget -= st.st_size
+            (dest / rel_root).mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a link swapped in after the lstat above is refused, not followed.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as fin, open(dest / rel, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+    return notes
+
+
+def result_from(
+    pump: OutputPump,
+    exit_code: int | None,
+    t0: float,
+    *,
+    timed_out: bool = False,
+    oom: bool = False,
+    notes: list[str] | None = None,
+    telemetry: dict[str, float] | None = None,
+) -> JobResult:
+    """Assemble a JobResult from a finished pump and the child's fate."""
+    return JobResult(
+        exit_code=exit_code,
+        lines=sorted(pump.lines, key=lambda x: x.t),
+        wall_time_s=round(time.monotonic() - t0, 4),
+        timed_out=timed_out,
+        oom=oom,
+        output_truncated=pump.truncated,
+        notes=notes or [],
+        telemetry=telemetry or {},
+    )

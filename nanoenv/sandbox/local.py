@@ -1,0 +1,296 @@
+"""The local sandbox: a subprocess in its own session, in a temporary workspace.
+
+**Not a security boundary.** It runs the script as the calling user, with that user's
+files in reach. It exists for development and the CPU track: it keeps honest scripts from
+hurting each other and the host by accident (a fresh workspace, resource limits, a deadline
+that kills the whole process group and any process that carries the job's marker, no network
+where a network namespace can be made), not from an adversary. Use ``sandbox="docker"`` for
+untrusted patches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from nanoenv.sandbox.base import (
+    LineCallback,
+    OutputPump,
+    copy_out,
+    job_gpu_count,
+    render_command,
+    result_from,
+)
+from nanoenv.types import Job, JobResult, Limits
+
+log = logging.getLogger(__name__)
+
+MARKER = "NANOENV_JOB_ID"
+OWNER = "NANOENV_HARNESS_PID"
+_PR_SET_PDEATHSIG = 1
+# What a job inherits from the harness's environment; everything else is left behind.
+_INHERITED = (
+    "PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CUDA_HOME",
+    "SSL_CERT_FILE", "TORCHINDUCTOR_CACHE_DIR",
+)  # fmt: skip
+_GRACE_S = 2.0
+
+
+@functools.lru_cache(maxsize=1)
+def network_isolation_prefix() -> tuple[str, ...] | None:
+    """The ``unshare`` prefix that gives a job an empty network namespace, or None if none works."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return None
+    for prefix in ((exe, "--net"), (exe, "--net", "--map-root-user")):
+        try:
+            ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return prefix
+    return None
+
+
+def _user_task_count() -> int:
+    """Processes and threads of the current user (RLIMIT_NPROC counts all of them)."""
+    uid, count = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+            except OSError:
+                continue
+    return count
+
+
+@functools.lru_cache(maxsize=1)
+def _prctl():  # looked up in the parent: a forked child should only make syscalls
+    return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _limit_setter(limits: Limits, nproc: int | None):
+    """A preexec function that applies rlimits in the child before it execs."""
+    prctl = _prctl()
+
+    def apply() -> None:
+        # If the harness dies (even by SIGKILL), the job's leader dies with it.
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+        if limits.memory_mb:
+            cap = limits.memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        if nproc is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+    return apply
+
+
+def _marked_processes() -> list[tuple[int, dict[str, str]]]:
+    """Processes (pid, nanoenv variables) whose environment carries a job marker."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                items = f.read().split(b"\0")
+        except OSError:
+            continue
+        marks = {}
+        for item in items:
+            if item.startswith((MARKER.encode(), OWNER.encode())):
+                key, _, value = item.decode(errors="replace").partition("=")
+                marks[key] = value
+        if MARKER in marks:
+            found.append((int(entry.name), marks))
+    return found
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+
+
+def _kill_marked(job_id: str) -> int:
+    """SIGKILL every process whose environment carries this job's marker (escaped daemons)."""
+    return sum(_kill(pid) for pid, marks in _marked_processes() if marks[MARKER] == job_id)
+
+
+def sweep_orphans() -> int:
+    """Kill job processes whose harness is gone (it crashed or was killed mid-run)."""
+    killed = 0
+    for pid, marks in _marked_processes():
+        owner = marks.get(OWNER, "")
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            killed += _kill(pid)
+    if killed:
+        log.warning("killed %d process(es) left by a harness that died", killed)
+    return killed
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class LocalSandbox:
+    """Run jobs as local subprocesses (see the module docstring: not a security boundary).
+
+    Args:
+        python: The interpreter for ``{python}`` in commands (default: this one).
+        isolate_network: Put jobs in an empty network namespace when the machine allows.
+    """
+
+    name = "local"
+
+    def __init__(self, python: str | None = None, isolate_network: bool = True) -> None:
+        self.python = python or sys.executable
+        self.isolate_network = isolate_network
+        sweep_orphans()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def _env(self, job: Job, workspace: Path, out_dir: Path, job_id: str) -> dict[str, str]:
+        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        threads = str(max(1, int(job.limits.cpus or os.cpu_count() or 1)))
+        env.update(
+            HOME=str(workspace),
+            TMPDIR=str(workspace / "tmp"),
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            OMP_NUM_THREADS=threads,
+            MKL_NUM_THREADS=threads,
+            NANOENV_OUT_DIR=str(out_dir),
+        )
+        env[MARKER] = job_id
+        env[OWNER] = str(os.getpid())
+        if job.data_dir is not None:
+            env["NANOENV_DATA_DIR"] = str(job.data_dir)
+        if isinstance(job.gpus, list):
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.gpus))
+        elif not job.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        env.update(job.env)
+        return env
+
+    def run(self, job: Job, on_line: LineCallback | None = None) -> JobResult:
+        """Run ``job`` in a fresh workspace; kill everything it started at its deadline."""
+        job_id = uuid.uuid4().hex
+        workspace = Path(tempfile.mkdtemp(prefix="nanoenv-job-"))
+        notes: list[str] = []
+        proc: subprocess.Popen[bytes] | None = None
+        t0 = time.monotonic()
+        try:
+            for name, text in job.files.items():
+                if "/" in name or name.startswith(".."):
+                    raise ValueError(f"job file names must be plain names, got {name!r}")
+                (workspace / name).write_text(text, encoding="utf-8")
+            out_dir = workspace / "out"
+            out_dir.mkdir()
+            (workspace / "tmp").mkdir()
+            cmd = render_command(job.command, python=self.python, gpus=job_gpu_count(job))
+            prefix = (
+                network_isolation_prefix() if self.isolate_network and not job.network else None
+            )
+            if prefix:
+                cmd = [*prefix, *cmd]
+            elif not job.network:
+                notes.append("network not isolated: no network namespace could be made here")
+            nproc = None
+            if os.getuid() != 0 and job.limits.pids:
+                nproc = _user_task_count() + job.limits.pids
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                cmd,
+                cwd=workspace,
+                env=self._env(job, workspace, out_dir, job_id),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_limit_setter(job.limits, nproc),
+            )
+            pgid = proc.pid
+            pump = OutputPump(
+                t0, job.limits.max_output_bytes, on_line, lambda: _kill_group(pgid, signal.SIGKILL)
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            pump.start(proc.stdout, "stdout")
+            pump.start(proc.stderr, "stderr")
+            exit_code, timed_out, rusage = _wait(proc, t0 + job.limits.timeout_s)
+            # Whatever the script left behind (children, daemons) dies with it.
+            _kill_group(pgid, signal.SIGKILL)
+            if (n := _kill_marked(job_id)) > 0:
+                notes.append(f"killed {n} process(es) the script left running")
+            pump.join()
+            if pump.truncated:
+                notes.append(f"output passed {job.limits.max_output_bytes:,} bytes: job killed")
+            if job.out_dir is not None:
+                notes += copy_out(out_dir, job.out_dir, job.limits.max_file_bytes)
+            wall = time.monotonic() - t0
+            telemetry = {
+                "cpu_time_s": rusage.ru_utime + rusage.ru_stime,
+                "cpu_util": (rusage.ru_utime + rusage.ru_stime) / max(wall, 1e-9),
+                "peak_rss_mb": rusage.ru_maxrss / 1024.0,
+            }
+            oom = exit_code == -signal.SIGKILL and not timed_out and not pump.truncated
+            if oom or any("MemoryError" in line.text for line in pump.lines[-50:]):
+                oom = True
+            return result_from(
+                pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes, telemetry=telemetry
+            )
+        except OSError as e:
+            log.exception("local sandbox failed")
+            return JobResult(
+                infra_error=f"local sandbox could not run the job: {e}",
+                wall_time_s=time.monotonic() - t0,
+                notes=notes,
+            )
+        finally:
+            if proc is not None and proc.poll() is None:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+            _kill_marked(job_id)
+            shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], deadline: float
+) -> tuple[int, bool, resource.struct_rusage]:
+    """Wait for the child until ``deadline``; on time-out TERM then KILL its process group."""
+    timed_out = False
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() >= deadline and not timed_out:
+            timed_out = True
+            _kill_group(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + _GRACE_S
+        elif timed_out and time.monotonic() >= deadline:
+            _kill_group(proc.pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.02)
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # keep Popen consistent: we reaped the child ourselves
+    return code, timed_out, rusage

@@ -1,0 +1,88 @@
+"""Tasks: ``envs/<task>/task.toml`` plus its baseline script, loaded into a :class:`TaskSpec`.
+
+envs/ is data, not code. In a source checkout it sits at the top of the repository; in an
+installed wheel it is shipped as ``nanoenv/_data/envs``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from nanoenv.errors import TaskError
+from nanoenv.types import TaskSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+NAMESPACE = "nanoenv/"
+
+
+def resource_dir(name: str) -> Path:
+    """The folder of a top-level data directory (``envs`` or ``sandbox``), installed or not."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data" / name, here.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise TaskError(f"cannot find the {name}/ folder next to {here}; is nanoenv installed fully?")
+
+
+@functools.cache
+def _task_files() -> dict[str, Path]:
+    """Map every task's id and folder name to its task.toml."""
+    found: dict[str, Path] = {}
+    for toml_path in sorted(resource_dir("envs").glob("*/task.toml")):
+        with open(toml_path, "rb") as f:
+            task_id = tomllib.load(f).get("id", toml_path.parent.name)
+        found[task_id] = toml_path
+        found[toml_path.parent.name] = toml_path
+    return found
+
+
+def task_ids() -> list[str]:
+    """The ids of all tasks, e.g. ``Speedrun-Tiny-v0``."""
+    return sorted({load_task(p.parent.name).id for p in _task_files().values()})
+
+
+def load_task(name: str, **overrides: Any) -> TaskSpec:
+    """Load a task by id (``Speedrun-Tiny-v0``, with or without ``nanoenv/``) or folder name.
+
+    Args:
+        name: The task's id or its folder under envs/.
+        **overrides: Top-level TaskSpec fields to replace (e.g. ``max_steps=5``).
+
+    Raises:
+        TaskError: the task does not exist (with the nearest names) or its toml is invalid.
+    """
+    key = name.removeprefix(NAMESPACE)
+    files = _task_files()
+    if key not in files:
+        lowered = {k.lower(): k for k in files}
+        if key.lower() in lowered:
+            key = lowered[key.lower()]
+        else:
+            near = difflib.get_close_matches(key, list(files), n=2, cutoff=0.3)
+            hint = f"; did you mean {' or '.join(f'`{n}`' for n in near)}?" if near else ""
+            raise TaskError(f"task `{name}` not found{hint} (known: {', '.join(sorted(files))})")
+    path = files[key]
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    raw.update(overrides)
+    raw["task_dir"] = path.parent
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as e:
+        raise TaskError(f"{path} is not a valid task: {e}") from None
+
+
+def baseline_script(task: TaskSpec) -> str:
+    """The text of the task's baseline script."""
+    assert task.task_dir is not None
+    return (task.task_dir / task.script).read_text(encoding="utf-8")

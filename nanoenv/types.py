@@ -1,0 +1,307 @@
+"""Pydantic models shared by every room of nanoenv.
+
+This module imports only pydantic and the standard library (DESIGN.md, "Layout"), so the
+sandbox backends, the CLI and users' own code can all speak these types cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# NaN and inf are real measurements here (a diverged run); keep them in JSON as the
+# constants Python's json module reads back, not as null.
+_MODEL_CONFIG = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class Outcome(str, Enum):
+    """How a step ended. The values are the public strings of DESIGN.md."""
+
+    OK = "ok"
+    MISSED_TARGET = "missed_target"
+    PATCH_FAILED = "patch_failed"
+    REJECTED = "rejected"
+    CRASHED = "crashed"
+    TIMED_OUT = "timed_out"
+    INFRA_ERROR = "infra_error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --------------------------------------------------------------------------- actions
+
+
+class Action(BaseModel):
+    """One move of the agent: a unified diff or a whole script, optionally from an earlier step.
+
+    Attributes:
+        diff: A unified diff against the base script. An empty string is a no-op.
+        script: The whole new script, instead of a diff.
+        base: The step whose script the change applies to (0 = the baseline). ``None``
+            means the script of the previous step, so edits accumulate.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    diff: str | None = None
+    script: str | None = None
+    base: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_change(self) -> Action:
+        if self.diff is not None and self.script is not None:
+            raise ValueError("give either `diff` or `script`, not both")
+        return self
+
+    @property
+    def is_noop(self) -> bool:
+        """True when the action changes nothing (it reruns its base script)."""
+        return self.script is None and not (self.diff or "").strip()
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class LossPoint(BaseModel):
+    """One `step:` log line of a training script, as reported, plus the harness receipt time.
+
+    A line that carries only timing (``step:5/100 train_time:.. step_avg:..``) is a point
+    with neither loss set.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    step: int
+    total_steps: int | None = None
+    val_loss: float | None = None
+    train_loss: float | None = None
+    train_time_ms: float | None = None
+    step_avg_ms: float | None = None
+    received_s: float | None = None
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def train_time_s(self) -> float | None:
+        """The reported training time in seconds."""
+        return None if self.train_time_ms is None else self.train_time_ms / 1000.0
+
+
+class StampedLine(BaseModel):
+    """A line of a job's output with the harness clock (seconds since the job started)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    t: float
+    stream: Literal["stdout", "stderr"] = "stdout"
+    text: str
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class Check(BaseModel):
+    """One verification or integrity check and its numbers."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str
+    passed: bool
+    detail: str = ""
+    numbers: dict[str, float] = Field(default_factory=dict)
+
+
+class Verdict(BaseModel):
+    """What the harness could confirm about a run.
+
+    ``level`` is what was attempted: ``none`` (nothing re-measured), ``log`` (the log was
+    read and policed but the model was not re-evaluated), ``full`` (independent evaluation).
+    """
+
+    model_config = _MODEL_CONFIG
+
+    level: Literal["none", "log", "full"] = "none"
+    verified: bool = False
+    reason: str = ""
+    checks: list[Check] = Field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        """The checks that did not pass."""
+        return [c for c in self.checks if not c.passed]
+
+
+# --------------------------------------------------------------------------- results
+
+
+class RunResult(BaseModel):
+    """Everything the harness knows about one step. Written last as ``result.json``."""
+
+    model_config = _MODEL_CONFIG
+
+    step: int
+    outcome: Outcome
+    reward: float = 0.0
+    message: str = ""
+    val_loss: float | None = None
+    train_time_s: float | None = None
+    wall_time_s: float = 0.0
+    curve: list[LossPoint] = Field(default_factory=list)
+    verdict: Verdict = Field(default_factory=Verdict)
+    log_tail: str = ""
+    artifacts_dir: str | None = None
+    exit_code: int | None = None
+    seed: int | None = None
+    base: int | None = None
+    script_sha256: str | None = None
+    telemetry: dict[str, float] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def val_curve(self) -> list[LossPoint]:
+        """The points of the curve that carry a validation loss."""
+        return [p for p in self.curve if p.val_loss is not None]
+
+    @property
+    def finite_val_loss(self) -> bool:
+        """True when the final validation loss is a real number."""
+        return self.val_loss is not None and math.isfinite(self.val_loss)
+
+
+# --------------------------------------------------------------------------- sandbox jobs
+
+
+class Limits(BaseModel):
+    """Resource limits of one job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = 600.0
+    memory_mb: int | None = None
+    cpus: float | None = None
+    pids: int | None = 1024
+    max_output_bytes: int = 16 * 1024 * 1024
+    max_file_bytes: int = 4 * 1024**3
+    shm_mb: int = 256
+
+
+class Job(BaseModel):
+    """A command to run in a fresh workspace holding ``files``.
+
+    ``data_dir`` is exposed read-only as ``NANOENV_DATA_DIR``; ``out_dir`` on the host
+    receives what the job wrote to ``NANOENV_OUT_DIR``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str]
+    command: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    data_dir: Path | None = None
+    out_dir: Path | None = None
+    limits: Limits = Field(default_factory=Limits)
+    gpus: int | list[int] = 0
+    network: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class JobResult(BaseModel):
+    """What came back from a job. ``infra_error`` is set when the sandbox, not the job, failed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exit_code: int | None = None
+    lines: list[StampedLine] = Field(default_factory=list)
+    wall_time_s: float = 0.0
+    timed_out: bool = False
+    oom: bool = False
+    output_truncated: bool = False
+    infra_error: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    telemetry: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the job exited 0 on its own."""
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.oom
+            and not self.output_truncated
+            and self.infra_error is None
+        )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class DataSpec(BaseModel):
+    """Which dataset a task trains on and the manifest hash it expects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    manifest_sha256: str | None = None
+    auto_prepare: bool = False
+
+
+class BaselineSpec(BaseModel):
+    """The baseline's numbers, measured on ``hardware``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    val_loss: float
+    train_time_s: float
+    wall_time_s: float | None = None
+    hardware: str = ""
+    measured: str = ""
+
+
+class SmokeSpec(BaseModel):
+    """A few-seconds version of the task, for tests: script overrides and its own numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    target_val_loss: float
+    baseline_train_time_s: float
+    timeout_s: float = 120.0
+
+
+class ProtectedRegion(BaseModel):
+    """A named region of the script, between marker comments, that a patch may not change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    why: str = ""
+
+
+class TaskSpec(BaseModel):
+    """A task: loaded from ``envs/<task>/task.toml`` by :mod:`nanoenv.tasks`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    title: str = ""
+    description: str = ""
+    script: str = "train.py"
+    command: list[str]
+    device: Literal["cpu", "cuda"] = "cpu"
+    gpus: int = 0
+    target_val_loss: float
+    data: DataSpec
+    baseline: BaselineSpec
+    limits: Limits = Field(default_factory=Limits)
+    smoke: SmokeSpec | None = None
+    protected: list[ProtectedRegion] = Field(default_factory=list)
+    max_patch_bytes: int = 256 * 1024
+    max_script_bytes: int = 256 * 1024
+    max_steps: int = 20
+    env: dict[str, str] = Field(default_factory=dict)
+    task_dir: Path | None = None

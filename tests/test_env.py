@@ -1,0 +1,159 @@
+"""SpeedrunEnv through gymnasium: the API contract, real smoke-size runs, branching, artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import nanoenv
+from nanoenv import Action, Outcome, RunResult
+from nanoenv.patching import make_diff
+from nanoenv.tasks import baseline_script, load_task
+
+BASELINE = baseline_script(load_task("tiny"))
+FASTER_LR = make_diff(
+    BASELINE, BASELINE.replace("learning_rate: float = 3e-3", "learning_rate: float = 4e-3")
+)
+
+
+def test_registered_ids():
+    """Importing nanoenv registers the tiny track with gymnasium."""
+    assert "nanoenv/Speedrun-Tiny-v0" in gym.registry
+    assert gym.spec("nanoenv/Speedrun-Tiny-v0").nondeterministic
+
+
+def test_unknown_task_suggests_the_nearest():
+    """A mistyped task id names the nearest ones."""
+    with pytest.raises(nanoenv.TaskError, match="did you mean `Speedrun-Tiny-v0`"):
+        nanoenv.SpeedrunEnv(task="Speedrun-Tiny-v1")
+
+
+def test_check_env_passes(make_env):
+    """gymnasium's own checker accepts the env (its sampled actions are malformed patches)."""
+    check_env(make_env().unwrapped)
+
+
+def test_reset_returns_brief_and_baseline(make_env):
+    """reset gives the baseline script and a brief with the goal, rules and baseline numbers."""
+    env = make_env()
+    obs, info = env.reset(seed=1)
+    assert obs["script"] == BASELINE
+    assert "Goal: reach val_loss <= 3.5600" in obs["feedback"]
+    assert "[data]" in obs["feedback"] and "[log]" in obs["feedback"]
+    assert obs["outcome"] == "" and math.isinf(obs["val_loss"]) and obs["curve_points"] == 0
+    assert env.observation_space.contains(obs)
+    assert info["task"] == "Speedrun-Tiny-v0"
+
+
+def test_a_real_step_end_to_end(make_env):
+    """A no-op reruns the baseline: a real run, a curve, a reward, every artifact on disk."""
+    env = make_env()
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step("")
+    result: RunResult = info["result"]
+    assert result.outcome is Outcome.OK, obs["feedback"]
+    assert env.observation_space.contains(obs)
+    assert not terminated and not truncated
+    assert math.isfinite(reward) and reward == result.reward
+    assert len(result.val_curve) == 5  # steps 0, 5, 10, 15, 20 at smoke size
+    assert obs["curve_points"] == 5
+    np.testing.assert_allclose(obs["curve"][4], [20, result.train_time_s, result.val_loss])
+    assert "UNVERIFIED" in obs["feedback"]
+    assert result.telemetry["cpu_time_s"] > 0 and result.telemetry["peak_rss_mb"] > 50
+    step_dir = Path(result.artifacts_dir)
+    names = {p.name for p in step_dir.iterdir()}
+    assert {
+        "action.json",
+        "train.py",
+        "patch.diff",
+        "log.txt",
+        "lines.jsonl",
+        "out",
+        "result.json",
+    } <= names
+    assert {"model.safetensors", "model.json"} <= {p.name for p in (step_dir / "out").iterdir()}
+    assert RunResult.model_validate_json((step_dir / "result.json").read_text()) == result
+    assert (step_dir / "train.py").read_text() == BASELINE
+    stamped = [json.loads(ln) for ln in (step_dir / "lines.jsonl").read_text().splitlines()]
+    assert [s["t"] for s in stamped] == sorted(s["t"] for s in stamped)
+
+
+def test_edits_accumulate_and_branch(make_env):
+    """Diffs apply to the previous step's script; base=k branches from step k."""
+    env = make_env()
+    env.reset(seed=0)
+    obs, *_ = env.step(FASTER_LR)
+    assert "learning_rate: float = 4e-3" in obs["script"]
+    second = make_diff(
+        obs["script"], obs["script"].replace("grad_clip: float = 1.0", "grad_clip: float = 0.5")
+    )
+    obs, *_ = env.step(second)
+    assert "4e-3" in obs["script"] and "grad_clip: float = 0.5" in obs["script"]
+    obs, _, _, _, info = env.step(Action(diff="", base=0))
+    assert obs["script"] == BASELINE and info["result"].base == 0
+    obs, _, _, _, info = env.step({"diff": second, "base": 1})
+    assert info["result"].outcome is Outcome.OK
+    assert "4e-3" in obs["script"] and "0.5" in obs["script"]
+
+
+def test_truncates_after_max_steps(make_env):
+    """The episode is truncated after max_steps steps; reset starts a fresh history."""
+    env = make_env(max_steps=2)
+    env.reset(seed=0)
+    assert env.step("not a diff")[3] is False
+    assert env.step("not a diff")[3] is True
+    obs, _ = env.reset(seed=0)
+    assert obs["script"] == BASELINE and env.unwrapped.results == []
+
+
+def test_async_vector_env_runs_two_at_once(tiny_data, tmp_path):
+    """gymnasium's AsyncVectorEnv with 2 envs, default shared memory, real runs in both."""
+    fns = [
+        lambda: gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, runs_dir=tmp_path / "runs")
+        for _ in range(2)
+    ]
+    envs = gym.vector.AsyncVectorEnv(fns)
+    try:
+        obs, _ = envs.reset(seed=[1, 2])
+        assert obs["script"] == (BASELINE, BASELINE)
+        obs, rewards, _, _, infos = envs.step(["", "junk"])
+        assert obs["outcome"] == ("ok", "patch_failed")
+        assert np.isfinite(rewards).all() and rewards[1] == -1.0
+        assert infos["result"][0].outcome is Outcome.OK
+        assert math.isfinite(obs["val_loss"][0]) and math.isinf(obs["val_loss"][1])
+    finally:
+        envs.close()
+
+
+def test_unicode_survives_vector_shared_memory(tiny_data, tmp_path):
+    """A script with non-ASCII text comes back intact through AsyncVectorEnv's shared memory."""
+    script = BASELINE.replace("# Hyperparameters", "# Hyperparameters — ReLU² später 🚀")
+    fns = [lambda: gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, runs_dir=tmp_path / "r")]
+    envs = gym.vector.AsyncVectorEnv(fns)
+    try:
+        envs.reset(seed=0)
+        obs, *_ = envs.step([Action(script=script)])
+        assert obs["script"][0] == script
+    finally:
+        envs.close()
+
+
+def test_loss_at_budget_reward(make_env):
+    """With reward='loss_at_budget' the reward is the baseline loss minus the loss reached in budget."""
+    env = make_env(reward="loss_at_budget", timeout_s=60)
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step("")
+    result = info["result"]
+    settings = env.unwrapped.settings
+    reached = [
+        p.val_loss
+        for p in result.val_curve
+        if p.train_time_s <= settings.baseline_train_time_s * 1.05
+    ]
+    assert reward == pytest.approx(max(-1, min(1, settings.baseline_val_loss - reached[-1])))

@@ -1,0 +1,77 @@
+"""A wheel built from the repo (not editable) carries envs/, sandbox/ and the demo's patches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
+        check=True,
+    )
+    return next(out.glob("nanoenv-*.whl"))
+
+
+def test_wheel_carries_the_data_rooms(wheel):
+    """Task files, the sandbox build context and the patches are package data."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "nanoenv/_data/envs/tiny/task.toml" in names
+    assert "nanoenv/_data/envs/tiny/train.py" in names
+    assert "nanoenv/_data/examples/patches/muon.diff" in names
+    assert any(n.startswith("nanoenv/_data/sandbox/") for n in names)
+
+
+def test_installed_wheel_runs_the_tiny_track(wheel, tiny_data, tmp_path):
+    """Installed from the wheel alone (outside the repo), a smoke step of the tiny track runs."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+    )
+    code = (
+        "import nanoenv, nanoenv.tasks as t, gymnasium as gym;"
+        f"assert nanoenv.__file__.startswith({str(target)!r}), nanoenv.__file__;"
+        "print(t.resource_dir('envs'));"
+        f"env = gym.make('nanoenv/Speedrun-Tiny-v0', smoke=True, runs_dir={str(tmp_path / 'runs')!r});"
+        "env.reset(seed=0); print(env.step('')[4]['result'].outcome.value)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines[0] == str(target / "nanoenv" / "_data" / "envs")
+    assert lines[-1] == "ok"

@@ -1,0 +1,175 @@
+"""The local sandbox: streaming with harness stamps, deadlines, caps, limits, safe copy-out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+
+import pytest
+
+from nanoenv.sandbox.base import copy_out
+from nanoenv.sandbox.local import LocalSandbox, network_isolation_prefix
+from nanoenv.types import Job, Limits
+
+
+def run(code: str, **limits):
+    lines = []
+    job = Job(
+        files={"main.py": textwrap.dedent(code)},
+        command=["{python}", "main.py"],
+        limits=Limits(**{"timeout_s": 20, **limits}),
+    )
+    result = LocalSandbox().run(job, on_line=lines.append)
+    return result, lines
+
+
+def _leftovers(tag: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if tag in ln and "ps -eo" not in ln]
+
+
+def test_lines_stream_with_harness_stamps():
+    """Lines arrive as they are printed, stamped by the harness clock, stdout and stderr apart."""
+    result, lines = run(
+        """
+        import sys, time
+        print("first"); time.sleep(0.5); print("second")
+        print("oops", file=sys.stderr)
+        """
+    )
+    assert result.ok and result.exit_code == 0
+    texts = {ln.text: ln for ln in lines}
+    assert texts["second"].t - texts["first"].t >= 0.4
+    assert texts["oops"].stream == "stderr"
+    assert [ln.text for ln in result.lines] == [ln.text for ln in sorted(lines, key=lambda x: x.t)]
+
+
+def test_crash_keeps_output_and_exit_code():
+    """A crash halfway keeps what was printed before it, and the traceback."""
+    result, _ = run('print("step:1/2 val_loss:3.0", flush=True)\nraise SystemExit(3)\n')
+    assert result.exit_code == 3 and not result.timed_out
+    assert result.lines[0].text == "step:1/2 val_loss:3.0"
+
+
+def test_deadline_kills_the_whole_group_and_escaped_daemons():
+    """At the deadline, the script, a child that ignores SIGTERM and a setsid daemon all die."""
+    tag = "nanoenv-probe-deadline"
+    result, _ = run(
+        f"""
+        import os, signal, subprocess, sys, time
+        # a child in our group that ignores SIGTERM
+        subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)", "{tag}"])
+        # a double-forked daemon in its own session
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(300)", "{tag}"])
+            os._exit(0)
+        print("started", flush=True)
+        time.sleep(300)
+        """,
+        timeout_s=3,
+    )
+    assert result.timed_out
+    assert result.wall_time_s < 10
+    assert any("left running" in n for n in result.notes)
+    assert _leftovers(tag) == []
+
+
+def test_output_cap_kills_a_flood():
+    """A script that floods stdout is killed at the cap; what came before the cap is kept."""
+    result, _ = run(
+        """
+        import sys
+        print("before", flush=True)
+        while True:
+            sys.stdout.write("x" * 1000 + "\\n")
+        """,
+        max_output_bytes=200_000,
+    )
+    assert result.output_truncated and not result.ok
+    assert result.lines[0].text == "before"
+    assert sum(len(ln.text) + 1 for ln in result.lines) <= 200_000
+
+
+def test_memory_limit_is_reported_as_oom():
+    """Allocating past the memory limit ends the job, flagged as out of memory."""
+    result, _ = run("x = bytearray(3 * 1024**3)\n", memory_mb=1024)
+    assert result.oom and result.exit_code != 0
+
+
+@pytest.mark.skipif(network_isolation_prefix() is None, reason="no network namespace here")
+def test_no_network_but_loopback_state():
+    """In the sandbox there is no interface but (a down) loopback: nothing leaves the machine."""
+    _, lines = run(
+        """
+        import socket
+        print(sorted(name for _, name in socket.if_nameindex()))
+        try:
+            socket.create_connection(("1.1.1.1", 53), timeout=2)
+            print("CONNECTED")
+        except OSError as e:
+            print("refused", type(e).__name__)
+        """
+    )
+    texts = [ln.text for ln in lines]
+    assert texts[0] == "['lo']"
+    assert texts[1].startswith("refused")
+
+
+def test_workspace_is_fresh_and_removed():
+    """Each job gets an empty workspace of its own, removed afterwards."""
+    _, lines = run("import os; print(os.getcwd()); print(sorted(os.listdir('.')))")
+    cwd, listing = lines[0].text, lines[1].text
+    assert listing == "['main.py', 'out', 'tmp']"
+    assert not os.path.exists(cwd)
+
+
+def test_environment_is_the_contract_not_the_host(monkeypatch):
+    """The job sees the contract variables, not the harness's secrets."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    _, lines = run(
+        "import os; print(sorted(k for k in os.environ if 'SECRET' in k or k.startswith('NANOENV')))"
+    )
+    assert lines[0].text == "['NANOENV_HARNESS_PID', 'NANOENV_JOB_ID', 'NANOENV_OUT_DIR']"
+
+
+def test_copy_out_refuses_links_and_specials(tmp_path):
+    """Copy-out takes regular files only: a symlink to a host path is skipped, never followed."""
+    src, dest = tmp_path / "out", tmp_path / "dest"
+    (src / "sub").mkdir(parents=True)
+    (src / "model.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"123")
+    (src / "passwd").symlink_to("/etc/passwd")
+    (src / "linkdir").symlink_to("/etc")
+    os.mkfifo(src / "fifo")
+    notes = copy_out(src, dest, max_bytes=1_000)
+    copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert copied == ["model.json", "sub/w.bin"]
+    assert len(notes) == 3
+
+
+def test_copy_out_size_budget(tmp_path):
+    """Files past the out-dir budget are skipped with a note."""
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"x" * 5000)
+    notes = copy_out(src, tmp_path / "dest", max_bytes=1000)
+    assert not (tmp_path / "dest" / "big.bin").exists()
+    assert "over the 1,000-byte budget" in notes[0]
+
+
+def test_out_dir_is_copied_back(tmp_path):
+    """What the job writes to NANOENV_OUT_DIR arrives in the job's out_dir."""
+    job = Job(
+        files={
+            "main.py": "import os; open(os.path.join(os.environ['NANOENV_OUT_DIR'], 'm.json'), 'w').write('{}')"
+        },
+        command=["{python}", "main.py"],
+        out_dir=tmp_path / "out",
+        limits=Limits(timeout_s=20),
+    )
+    assert LocalSandbox().run(job).ok
+    assert (tmp_path / "out" / "m.json").read_text() == "{}"
