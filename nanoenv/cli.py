@@ -114,7 +114,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress.done()
         result: RunResult = info["result"]
         rows.append((label, result))
-        print(f"  -> {result.outcome.value}: {result.message}; reward {reward:+.4f}\n", flush=True)
+        print(f"  -> {result.outcome.value}: {result.message}; reward {reward:+.4f}", flush=True)
+        if not rows[1:] and result.outcome.value == "missed_target":
+            print("     (the target is the baseline's mean final loss over 3 seeds: the baseline "
+                  "itself misses it about half the time)")  # fmt: skip
+        print(flush=True)
     print(results_table(rows))
     episode_dir = env.unwrapped.episode_dir
     try:
