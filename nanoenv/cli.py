@@ -216,6 +216,49 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """Build the Docker images, clean up leftovers, or report the sandbox's state."""
+    from nanoenv.data import cache_dir
+    from nanoenv.sandbox.docker import LABEL, connect, sweep
+    from nanoenv.sandbox.images import IMAGE_REPO, build_image, image_exists, plan_image
+
+    client = connect()
+    if args.sandbox_cmd == "build":
+        plan = plan_image(gpu=args.gpu, base_image=args.base_image, torch=args.torch,
+                          pip_args=tuple(args.pip_arg or ()))  # fmt: skip
+        log_path = cache_dir() / "logs" / f"build-{plan.tag.replace(':', '-')}.log"
+        if image_exists(client, plan.tag) and not args.force:
+            print(f"{plan.tag} is up to date (its build inputs have not changed)")
+            return 0
+        t = time.monotonic()
+        tag = build_image(plan, client, log_path=log_path, force=True)
+        print(f"{tag} built in {time.monotonic() - t:.0f} s (build log {log_path})")
+    elif args.sandbox_cmd == "clean":
+        removed = sweep(client, everything=args.all)
+        print(
+            f"removed {len(removed)} container(s)" + (f": {', '.join(removed)}" if removed else "")
+        )
+        if args.images:
+            current = {plan_image(gpu=False).tag, plan_image(gpu=True).tag}
+            for image in client.images.list(name=IMAGE_REPO):
+                if not set(image.tags) & current:
+                    client.images.remove(image.id, force=True)
+                    print(f"removed image {', '.join(image.tags) or image.short_id}")
+    else:
+        print(f"docker engine: {client.version().get('Version')} reachable")
+        for gpu in (False, True):
+            tag = plan_image(gpu=gpu).tag
+            state = (
+                "present"
+                if image_exists(client, tag)
+                else f"missing (nanoenv sandbox build{' --gpu' if gpu else ''})"
+            )
+            print(f"{'gpu' if gpu else 'cpu'} image {tag}: {state}")
+        running = client.containers.list(all=True, filters={"label": LABEL})
+        print(f"nanoenv containers: {len(running)}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the tasks."""
     from nanoenv.tasks import load_task, task_ids
@@ -280,6 +323,24 @@ def build_parser() -> argparse.ArgumentParser:
     lst = rsub.add_parser("list", help="list episodes and their steps")
     lst.add_argument("--runs-dir", default="nanoenv-runs")
     runs.set_defaults(func=cmd_runs)
+
+    sandbox = sub.add_parser("sandbox", help="the Docker sandbox: build images, clean up")
+    ssub = sandbox.add_subparsers(dest="sandbox_cmd", required=True)
+    build = ssub.add_parser("build", help="build the sandbox image (only if its inputs changed)")
+    build.add_argument("--gpu", action="store_true", help="the GPU image (a CUDA build of torch)")
+    build.add_argument(
+        "--base-image", help="a registry image with python3 (default: bootstrap Debian)"
+    )
+    build.add_argument("--torch", help="the torch requirement (default: the host's version)")
+    build.add_argument(
+        "--pip-arg", action="append", help="extra `pip download` argument (repeatable)"
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    clean = ssub.add_parser("clean", help="remove leftover containers (and stale images)")
+    clean.add_argument("--all", action="store_true", help="also containers of live processes")
+    clean.add_argument("--images", action="store_true", help="also images of older build inputs")
+    ssub.add_parser("status", help="is the engine reachable, are the images built")
+    sandbox.set_defaults(func=cmd_sandbox)
 
     tasks = sub.add_parser("tasks", help="list the tasks")
     tasks.set_defaults(func=cmd_tasks)

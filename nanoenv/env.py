@@ -117,7 +117,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self.settings = RunSettings.for_task(self.task, smoke=smoke, reward=reward, verify=verify)
         if timeout_s is not None:
             self.settings = dataclasses.replace(self.settings, timeout_s=float(timeout_s))
-        self.sandbox = make_sandbox(sandbox) if isinstance(sandbox, str) else sandbox
+        if isinstance(sandbox, str):
+            gpu = {"gpu": True} if sandbox == "docker" and self.task.gpus else {}
+            self.sandbox = make_sandbox(sandbox, **gpu)
+        else:
+            self.sandbox = sandbox
         data_root, _ = ensure_dataset(self.task.data)
         self.runner = Runner(self.task, self.sandbox, data_root / "public", self.settings)
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path("nanoenv-runs")

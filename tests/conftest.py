@@ -6,11 +6,14 @@ environment says the part must be there (CI sets NANOENV_REQUIRE_DOCKER=1).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from nanoenv.data import prepare
+
+REQUIRE_DOCKER = os.environ.get("NANOENV_REQUIRE_DOCKER") == "1"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEEDRUN_LOGS = sorted((FIXTURES / "modded-nanogpt-logs").glob("*.txt"))
@@ -41,3 +44,50 @@ def make_env(tiny_data, tmp_path):
     yield factory
     for env in made:
         env.close()
+
+
+def _docker_missing(reason: str):
+    """Fail where Docker is required (CI), skip elsewhere."""
+    if REQUIRE_DOCKER:
+        pytest.fail(f"Docker is required here (NANOENV_REQUIRE_DOCKER=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A client of a reachable Docker engine."""
+    try:
+        from nanoenv.sandbox.docker import connect
+
+        client = connect()
+    except Exception as e:  # no SDK, no daemon
+        _docker_missing(f"no Docker engine: {e}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_image(docker_client) -> str:
+    """The CPU sandbox image, built now if it is missing (once; later runs reuse it)."""
+    from nanoenv.data import cache_dir
+    from nanoenv.sandbox.images import build_image, image_exists, plan_image
+
+    plan = plan_image()
+    if not image_exists(docker_client, plan.tag):
+        try:
+            build_image(
+                plan, docker_client, out=None, log_path=cache_dir() / "logs" / "test-build.log"
+            )
+        except Exception as e:
+            _docker_missing(f"the sandbox image {plan.tag} is missing and could not be built: {e}")
+    return plan.tag
+
+
+@pytest.fixture
+def no_leftovers(docker_client):
+    """After the test: no nanoenv container exists."""
+    yield
+    from nanoenv.sandbox.docker import LABEL
+
+    left = docker_client.containers.list(all=True, filters={"label": LABEL})
+    assert left == [], f"containers left behind: {[c.name for c in left]}"

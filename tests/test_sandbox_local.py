@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from nanoenv.sandbox.base import copy_out
-from nanoenv.sandbox.local import LocalSandbox, network_isolation_prefix
+from nanoenv.sandbox.local import LocalSandbox, namespace_support
 from nanoenv.types import Job, Limits
 
 
@@ -100,7 +100,7 @@ def test_memory_limit_is_reported_as_oom():
     assert result.oom and result.exit_code != 0
 
 
-@pytest.mark.skipif(network_isolation_prefix() is None, reason="no network namespace here")
+@pytest.mark.skipif(namespace_support()[0] is None, reason="no network namespace here")
 def test_no_network_but_loopback_state():
     """In the sandbox there is no interface but (a down) loopback: nothing leaves the machine."""
     _, lines = run(
@@ -173,3 +173,32 @@ def test_out_dir_is_copied_back(tmp_path):
     )
     assert LocalSandbox().run(job).ok
     assert (tmp_path / "out" / "m.json").read_text() == "{}"
+
+
+@pytest.mark.skipif(not namespace_support()[1], reason="no read-only bind mounts here")
+def test_data_dir_is_read_only(tmp_path):
+    """The data dir cannot be written, even by a job running as root."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "shard.bin").write_bytes(b"tokens")
+    code = textwrap.dedent(
+        """
+        import os
+        for attempt in ("open(os.environ['NANOENV_DATA_DIR'] + '/shard.bin', 'ab').write(b'x')",
+                        "open(os.environ['NANOENV_DATA_DIR'] + '/new.bin', 'wb')"):
+            try:
+                exec(attempt)
+                print("WROTE")
+            except OSError as e:
+                print("refused", e.errno)
+        """
+    )
+    job = Job(
+        files={"main.py": code},
+        command=["{python}", "main.py"],
+        data_dir=data,
+        limits=Limits(timeout_s=20),
+    )
+    lines = [ln.text for ln in LocalSandbox().run(job).lines]
+    assert lines == ["refused 30", "refused 30"]  # EROFS
+    assert (data / "shard.bin").read_bytes() == b"tokens" and not (data / "new.bin").exists()

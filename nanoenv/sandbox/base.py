@@ -78,27 +78,54 @@ class OutputPump:
     def _pump(self, pipe: IO[bytes], stream: str) -> None:
         with pipe:
             for raw in iter(pipe.readline, b""):
-                stamp = time.monotonic() - self.t0
-                with self._lock:
-                    self.bytes_seen += len(raw)
-                    if self.bytes_seen > self.max_bytes:
-                        if not self.truncated:
-                            self.truncated = True
-                            self.on_overflow()
-                        continue  # keep draining so the child is never blocked on a full pipe
-                    line = StampedLine(
-                        t=round(stamp, 4),
-                        stream=stream,  # type: ignore[arg-type]
-                        text=raw.decode("utf-8", "replace").rstrip("\r\n"),
-                    )
-                    self.lines.append(line)
-                    if self.on_line is not None:
-                        self.on_line(line)
+                self.emit(raw, stream)
+
+    def emit(self, raw: bytes, stream: str) -> None:
+        """Take one line (with or without its newline) as received now."""
+        stamp = time.monotonic() - self.t0
+        with self._lock:
+            self.bytes_seen += len(raw)
+            if self.bytes_seen > self.max_bytes:
+                if not self.truncated:
+                    self.truncated = True
+                    self.on_overflow()
+                return  # keep draining so the child is never blocked on a full pipe
+            line = StampedLine(
+                t=round(stamp, 4),
+                stream=stream,  # type: ignore[arg-type]
+                text=raw.decode("utf-8", "replace").rstrip("\r\n"),
+            )
+            self.lines.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the readers to see end of file."""
         for t in self._threads:
             t.join(timeout)
+
+
+class LineSplitter:
+    """Turn chunks of a byte stream (as the Docker API delivers them) into lines for a pump."""
+
+    def __init__(self, pump: OutputPump, stream: str) -> None:
+        self.pump, self.stream, self.buf = pump, stream, b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Add a chunk; emit every complete line in it."""
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            self.pump.emit(line + b"\n", self.stream)
+        if len(self.buf) > 1 << 20:  # a "line" of a megabyte without a newline: emit it anyway
+            self.pump.emit(self.buf, self.stream)
+            self.buf = b""
+
+    def close(self) -> None:
+        """Emit a last line that had no newline."""
+        if self.buf:
+            self.pump.emit(self.buf, self.stream)
+            self.buf = b""
 
 
 def copy_out(src: Path, dest: Path, max_bytes: int) -> list[str]:
@@ -133,6 +160,50 @@ def copy_out(src: Path, dest: Path, max_bytes: int) -> list[str]:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, "rb") as fin, open(dest / rel, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
+    return notes
+
+
+def extract_tar(tar_path: Path, dest: Path, max_bytes: int) -> list[str]:
+    """Unpack regular files and folders from a tar stream into ``dest``; nothing else.
+
+    Links, devices, absolute paths and ``..`` are refused; files past the size budget are
+    skipped. Returns notes on what was skipped.
+    """
+    import tarfile
+
+    notes: list[str] = []
+    dest.mkdir(parents=True, exist_ok=True)
+    budget = max_bytes
+    extracted: set[str] = set()
+    with tarfile.open(tar_path, "r|") as tar:  # a stream: members are read in order, once
+        for member in tar:
+            name = os.path.normpath(member.name)
+            if name == ".":
+                continue
+            if name.startswith(("/", "..")) or os.path.isabs(name):
+                notes.append(f"skipped {member.name!r} in the out dir: outside it")
+                continue
+            if member.isdir():
+                (dest / name).mkdir(parents=True, exist_ok=True)
+                continue
+            if member.islnk() and os.path.normpath(member.linkname) in extracted:
+                # A hard link to a file of this same archive: a second copy of it.
+                shutil.copyfile(dest / os.path.normpath(member.linkname), dest / name)
+                extracted.add(name)
+                continue
+            if not member.isfile():
+                notes.append(f"skipped {name} in the out dir: not a regular file")
+                continue
+            if member.size > budget:
+                notes.append(f"skipped {name} in the out dir: over the {max_bytes:,}-byte budget")
+                continue
+            budget -= member.size
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(member)
+            assert src is not None
+            with open(dest / name, "wb") as f:
+                shutil.copyfileobj(src, f)
+            extracted.add(name)
     return notes
 
 

@@ -4,7 +4,8 @@
 files in reach. It exists for development and the CPU track: it keeps honest scripts from
 hurting each other and the host by accident (a fresh workspace, resource limits, a deadline
 that kills the whole process group and any process that carries the job's marker, no network
-where a network namespace can be made), not from an adversary. Use ``sandbox="docker"`` for
+and a read-only data dir where network and mount namespaces can be made), not from an
+adversary. Use ``sandbox="docker"`` for
 untrusted patches.
 """
 
@@ -16,6 +17,7 @@ import functools
 import logging
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -48,20 +50,34 @@ _INHERITED = (
 _GRACE_S = 2.0
 
 
+def _read_only(paths: list[str]) -> str:
+    """Shell that, inside a new mount namespace, bind-mounts each path read-only onto itself."""
+    return " && ".join(
+        f"mount --bind {shlex.quote(p)} {shlex.quote(p)} && mount -o remount,bind,ro {shlex.quote(p)} {shlex.quote(p)}"
+        for p in paths
+    )
+
+
 @functools.lru_cache(maxsize=1)
-def network_isolation_prefix() -> tuple[str, ...] | None:
-    """The ``unshare`` prefix that gives a job an empty network namespace, or None if none works."""
+def namespace_support() -> tuple[tuple[str, ...] | None, bool]:
+    """How jobs can be isolated here: an ``unshare`` prefix for new network and mount
+    namespaces (None if none can be made), and whether read-only bind mounts work in them.
+    """
     exe = shutil.which("unshare")
     if exe is None:
-        return None
-    for prefix in ((exe, "--net"), (exe, "--net", "--map-root-user")):
+        return None, False
+    for prefix in ((exe, "--net", "--mount"), (exe, "--net", "--mount", "--map-root-user")):
         try:
-            ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+            if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode:
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                probe = os.path.join(d, "probe")
+                script = f"{_read_only([d])} && ! (: > {shlex.quote(probe)}) 2>/dev/null"
+                ok = subprocess.run([*prefix, "sh", "-c", script], capture_output=True, timeout=10)
+                return prefix, ok.returncode == 0 and not os.path.exists(probe)
         except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        if ok:
-            return prefix
-    return None
+            continue
+    return None, False
 
 
 def _user_task_count() -> int:
@@ -170,6 +186,30 @@ class LocalSandbox:
     def close(self) -> None:
         """Nothing to release."""
 
+    def _isolate(self, cmd: list[str], job: Job, notes: list[str]) -> list[str]:
+        """Wrap the command in new network and mount namespaces, with the data read-only."""
+        prefix, read_only = namespace_support()
+        if not self.isolate_network or prefix is None:
+            if not job.network:
+                notes.append("network not isolated: no network namespace could be made here")
+            if job.data_dir is not None:
+                notes.append("data dir not read-only: no mount namespace could be made here")
+            return cmd
+        if job.network:
+            prefix = tuple(p for p in prefix if p != "--net")
+        if job.data_dir is None or not read_only:
+            if job.data_dir is not None:
+                notes.append("data dir not read-only: read-only bind mounts do not work here")
+            return [*prefix, *cmd]
+        return [
+            *prefix,
+            "sh",
+            "-c",
+            f'{_read_only([str(job.data_dir)])} && exec "$@"',
+            "nanoenv-job",
+            *cmd,
+        ]
+
     def _env(self, job: Job, workspace: Path, out_dir: Path, job_id: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         threads = str(max(1, int(job.limits.cpus or os.cpu_count() or 1)))
@@ -209,13 +249,7 @@ class LocalSandbox:
             out_dir.mkdir()
             (workspace / "tmp").mkdir()
             cmd = render_command(job.command, python=self.python, gpus=job_gpu_count(job))
-            prefix = (
-                network_isolation_prefix() if self.isolate_network and not job.network else None
-            )
-            if prefix:
-                cmd = [*prefix, *cmd]
-            elif not job.network:
-                notes.append("network not isolated: no network namespace could be made here")
+            cmd = self._isolate(cmd, job, notes)
             nproc = None
             if os.getuid() != 0 and job.limits.pids:
                 nproc = _user_task_count() + job.limits.pids

@@ -1,0 +1,340 @@
+"""The Docker sandbox: one hardened, throwaway container per job, through the Docker SDK.
+
+Each job gets a container with no network, a read-only root, a non-root user, every
+capability dropped, no-new-privileges, limits on pids, memory (no swap), CPU and /dev/shm,
+an init process, and labels naming its owner. All it can write is size-capped tmpfs
+(``/work``, ``/tmp``); the data is bind-mounted read-only at ``/data``, the job's files at
+``/job``. The container idles under ``sleep``; the job runs as an exec in it, so the harness
+can read ``/work/out`` back (as a tar stream, unpacked without links or escapes) after the
+job ends and before the container is removed. The deadline is kept from the host: at it the
+container is killed, and it is removed in ``finally`` whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from nanoenv.errors import SandboxError
+from nanoenv.sandbox.base import (
+    LineCallback,
+    LineSplitter,
+    OutputPump,
+    extract_tar,
+    job_gpu_count,
+    render_command,
+    result_from,
+)
+from nanoenv.types import Job, JobResult
+
+log = logging.getLogger(__name__)
+
+LABEL = "nanoenv"
+UID = 10001
+WORK_TMPFS_MB = 2048
+TMP_TMPFS_MB = 1024
+_START = 'cp -R /job/. /work/ && mkdir -p /work/out && exec "$@"'
+
+
+def _daemon_hint(error: Exception) -> str:
+    return (
+        f"cannot reach the Docker daemon ({error}). Start it (`sudo systemctl start docker`, "
+        "or `sudo dockerd &`), or point DOCKER_HOST at one"
+    )
+
+
+def connect() -> Any:
+    """A Docker client that has answered a ping, or a SandboxError that says what to do."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        raise SandboxError(_daemon_hint(e)) from None
+
+
+def _owner() -> str:
+    """This process, as `host:pid:start-time`, so a reused pid is not mistaken for us."""
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        start = f.read().rsplit(")", 1)[1].split()[19]
+    return f"{socket.gethostname()}:{os.getpid()}:{start}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # not ours to judge
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19] == start
+    except OSError:
+        return False
+
+
+def sweep(client: Any, *, everything: bool = False) -> list[str]:
+    """Remove nanoenv containers left by processes that are gone (or all of them).
+
+    Returns the names of the containers removed.
+    """
+    import docker.errors
+
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": LABEL}):
+        if everything or not _owner_alive(c.labels.get(f"{LABEL}.owner", "")):
+            try:
+                c.remove(force=True)
+                removed.append(c.name)
+            except docker.errors.NotFound:
+                pass
+    if removed:
+        log.warning("removed %d leftover nanoenv container(s)", len(removed))
+    return removed
+
+
+class DockerSandbox:
+    """Run jobs in hardened Docker containers (see the module docstring).
+
+    Args:
+        image: The image to run (default: this host's CPU or GPU image, by build-input hash).
+        gpu: Use the GPU image and pass GPUs through (NVIDIA container toolkit on the host).
+        client: A docker client (default: from the environment, on first use).
+    """
+
+    name = "docker"
+
+    def __init__(self, image: str | None = None, *, gpu: bool = False, client: Any = None) -> None:
+        self._image = image
+        self.gpu = gpu
+        self._client = client
+        self._swept = False
+        self.owner = _owner()
+
+    @property
+    def image(self) -> str:
+        """The image tag jobs run in."""
+        if self._image is None:
+            from nanoenv.sandbox.images import plan_image
+
+            self._image = plan_image(gpu=self.gpu).tag
+        return self._image
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            self._client = connect()
+        if not self._swept:  # leftovers of an earlier process that crashed
+            sweep(self._client)
+            self._swept = True
+        return self._client
+
+    def close(self) -> None:
+        """Close the client's connection."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def container_config(self, job: Job, job_dir: Path, job_id: str) -> dict[str, Any]:
+        """The keyword arguments of ``containers.create`` for a job (inspectable without a GPU)."""
+        import docker.types
+
+        lim = job.limits
+        mounts = [docker.types.Mount("/job", str(job_dir), type="bind", read_only=True)]
+        if job.data_dir is not None:
+            mounts.append(
+                docker.types.Mount("/data", str(job.data_dir), type="bind", read_only=True)
+            )
+        config: dict[str, Any] = {
+            "image": self.image,
+            "command": ["sleep", "infinity"],
+            "detach": True,
+            "user": f"{UID}:{UID}",
+            "working_dir": "/work",
+            "hostname": "nanoenv",
+            "network_mode": "none",
+            "read_only": True,
+            "mounts": mounts,
+            "tmpfs": {
+                "/work": f"rw,exec,nosuid,nodev,size={WORK_TMPFS_MB}m,uid={UID},gid={UID},mode=0755",
+                "/tmp": f"rw,exec,nosuid,nodev,size={TMP_TMPFS_MB}m,mode=1777",
+            },
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": True,
+            "pids_limit": lim.pids or -1,
+            "shm_size": f"{lim.shm_mb}m",
+            "ulimits": [
+                docker.types.Ulimit(name="core", soft=0, hard=0),
+                docker.types.Ulimit(name="fsize", soft=lim.max_file_bytes, hard=lim.max_file_bytes),
+            ],
+            "log_config": docker.types.LogConfig(
+                type="json-file", config={"max-size": "10m", "max-file": "1"}
+            ),
+            "labels": {
+                LABEL: "1",
+                f"{LABEL}.owner": self.owner,
+                f"{LABEL}.job": job_id,
+                **{f"{LABEL}.{k.removeprefix('nanoenv.')}": v for k, v in job.labels.items()},
+            },
+        }
+        if lim.memory_mb:
+            config["mem_limit"] = f"{lim.memory_mb}m"
+            config["memswap_limit"] = f"{lim.memory_mb}m"  # equal: no swap
+        if lim.cpus:
+            config["nano_cpus"] = int(lim.cpus * 1e9)
+        if job_gpu_count(job):
+            ids = [str(i) for i in job.gpus] if isinstance(job.gpus, list) else None
+            config["device_requests"] = [
+                docker.types.DeviceRequest(
+                    driver="nvidia",
+                    count=None if ids else int(job.gpus),  # type: ignore[arg-type]
+                    device_ids=ids,
+                    capabilities=[["gpu"]],
+                )
+            ]
+        return config
+
+    def exec_env(self, job: Job) -> dict[str, str]:
+        """The job's environment inside the container."""
+        threads = str(max(1, int(job.limits.cpus or os.cpu_count() or 1)))
+        env = {
+            "HOME": "/work",
+            "TMPDIR": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "NANOENV_OUT_DIR": "/work/out",
+        }
+        if job.data_dir is not None:
+            env["NANOENV_DATA_DIR"] = "/data"
+        env.update(job.env)
+        return env
+
+    def run(self, job: Job, on_line: LineCallback | None = None) -> JobResult:
+        """Run ``job`` in a fresh container; the container is removed whatever happens."""
+        import docker.errors
+
+        t0 = time.monotonic()
+        job_id = uuid.uuid4().hex[:12]
+        job_dir = Path(tempfile.mkdtemp(prefix="nanoenv-docker-job-"))
+        container = None
+        try:
+            client = self._connect()
+            for name, text in job.files.items():
+                if "/" in name or name.startswith(".."):
+                    raise ValueError(f"job file names must be plain names, got {name!r}")
+                (job_dir / name).write_text(text, encoding="utf-8")
+                (job_dir / name).chmod(0o644)
+            job_dir.chmod(0o755)
+            try:
+                container = client.containers.create(**self.container_config(job, job_dir, job_id))
+            except docker.errors.ImageNotFound:
+                return _infra(
+                    t0,
+                    f"the sandbox image {self.image} is missing: run `nanoenv sandbox build"
+                    f"{' --gpu' if self.gpu else ''}`",
+                )
+            container.start()
+            return self._exec_job(client, container, job, on_line, t0)
+        except SandboxError as e:
+            return _infra(t0, str(e))
+        except docker.errors.DockerException as e:
+            log.exception("docker sandbox failed")
+            return _infra(t0, f"the Docker engine failed: {e}")
+        except OSError as e:
+            return _infra(t0, f"the docker sandbox could not prepare the job: {e}")
+        finally:
+            if container is not None:
+                try:
+                    container.remove(force=True)
+                except docker.errors.DockerException:
+                    log.warning(
+                        "could not remove container %s; `nanoenv sandbox clean` will",
+                        container.name,
+                    )
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _exec_job(
+        self, client: Any, container: Any, job: Job, on_line: LineCallback | None, t0: float
+    ) -> JobResult:
+        api = client.api
+        cmd = render_command(job.command, python="python3", gpus=job_gpu_count(job))
+        exec_id = api.exec_create(
+            container.id, ["sh", "-c", _START, "nanoenv-job", *cmd],
+            environment=self.exec_env(job), workdir="/work", user=f"{UID}:{UID}",
+        )["Id"]  # fmt: skip
+        t0 = time.monotonic()
+        pump = OutputPump(t0, job.limits.max_output_bytes, on_line, lambda: _kill(container))
+        splitters = {"stdout": LineSplitter(pump, "stdout"), "stderr": LineSplitter(pump, "stderr")}
+
+        def read() -> None:
+            for out, err in api.exec_start(exec_id, stream=True, demux=True):
+                if out:
+                    splitters["stdout"].feed(out)
+                if err:
+                    splitters["stderr"].feed(err)
+            for s in splitters.values():
+                s.close()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(job.limits.timeout_s)
+        timed_out = reader.is_alive()
+        if timed_out:
+            _kill(container)
+            reader.join(10)
+        info = api.exec_inspect(exec_id)
+        exit_code = None if info.get("Running") else info.get("ExitCode")
+        notes: list[str] = []
+        if pump.truncated:
+            notes.append(f"output passed {job.limits.max_output_bytes:,} bytes: job killed")
+        if not timed_out and not pump.truncated and job.out_dir is not None:
+            notes += self._copy_out(api, container, job)
+        container.reload()
+        state = container.attrs.get("State", {})
+        oom = bool(state.get("OOMKilled")) or (
+            exit_code == 137 and not timed_out and not pump.truncated
+        )
+        return result_from(pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes)
+
+    def _copy_out(self, api: Any, container: Any, job: Job) -> list[str]:
+        """Stream /work/out out of the container as a tar, and unpack it safely."""
+        assert job.out_dir is not None
+        exec_id = api.exec_create(
+            container.id, ["tar", "-C", "/work/out", "-cf", "-", "."], user=f"{UID}:{UID}"
+        )["Id"]
+        cap = job.limits.max_file_bytes
+        with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
+            size = 0
+            for out, _err in api.exec_start(exec_id, stream=True, demux=True):
+                if out:
+                    size += len(out)
+                    if size > cap:
+                        return [f"the out dir is over {cap:,} bytes: not copied"]
+                    tmp.write(out)
+            tmp.flush()
+            if size == 0:
+                return ["the out dir could not be read"]
+            return extract_tar(Path(tmp.name), job.out_dir, cap)
+
+
+def _kill(container: Any) -> None:
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.DockerException):  # already gone
+        container.kill()
+
+
+def _infra(t0: float, message: str) -> JobResult:
+    return JobResult(infra_error=message, wall_time_s=round(time.monotonic() - t0, 4))
