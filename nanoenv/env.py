@@ -14,18 +14,12 @@ import gymnasium as gym
 import numpy as np
 
 from nanoenv import feedback
+from nanoenv.actions import build_script, coerce_action, syntax_error
 from nanoenv.data import ensure_dataset
 from nanoenv.errors import PatchError, PolicyError
 from nanoenv.patching import make_diff
 from nanoenv.records import EpisodeRecord
-from nanoenv.runner import (
-    ProgressFn,
-    Runner,
-    RunSettings,
-    build_script,
-    coerce_action,
-    syntax_error,
-)
+from nanoenv.runner import ProgressFn, Runner, RunSettings
 from nanoenv.sandbox import Sandbox, make_sandbox
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
 from nanoenv.tasks import baseline_script, load_task
@@ -60,20 +54,23 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     ## Rewards
 
-    ``time_to_target`` (default): log(baseline time / time) when the target is met, else a
-    penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the baseline's loss
-    minus the loss reached within the baseline's time. Failures cost -1; ``infra_error`` 0.
+    Computed from what the harness measured: the re-evaluated loss (``verify="full"``) and the
+    harness's clock (process start to the last val line). ``time_to_target`` (default):
+    log(baseline time / time) when the target is met, else a penalty from -0.05 to -1 growing
+    with the miss. ``loss_at_budget``: the baseline's loss minus the loss reached within the
+    baseline's time. Failures and rejections cost -1; ``infra_error`` 0.
 
     ## Episode End
 
     ``truncated`` once ``max_steps`` steps are taken. ``terminated`` never, unless
-    ``terminate_on_success=True``: then on the first step that meets the target faster than
-    the baseline.
+    ``terminate_on_success=True``: then on the first verified step that meets the target
+    (significantly, with repeats) faster than the baseline.
 
     ## Arguments
 
     ``task`` (id), ``sandbox`` (``"local"``, ``"docker"``, ``"ray"`` or a Sandbox),
-    ``verify`` (``"none"``; ``"full"`` arrives with the verifier), ``repeats`` (1),
+    ``verify`` (``"full"``: re-evaluate the model and run every check; ``"none"``: trust the
+    log), ``repeats`` (runs per step; with 2 or more, "meets the target" needs p < 0.01),
     ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
     tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``progress`` (a callback ``(step, LossPoint)`` called as each log
     point arrives), ``terminate_on_success``; other keywords override task.toml fields.
@@ -90,7 +87,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         task: str = "Speedrun-Tiny-v0",
         *,
         sandbox: str | Sandbox = "local",
-        verify: str = "none",
+        verify: str = "full",
         repeats: int = 1,
         reward: str = "time_to_target",
         runs_dir: str | Path | None = None,
@@ -102,19 +99,14 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
-        if verify != "none":
-            raise ValueError(
-                f"verify={verify!r} is not available in this version; use verify='none' "
-                "(results are reported as unverified)"
-            )
-        if repeats != 1:
-            raise ValueError(f"repeats={repeats} is not available in this version; use 1")
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.task = load_task(task, **overrides)
         self.smoke = smoke
         self.max_steps = max_steps or self.task.max_steps
-        self.settings = RunSettings.for_task(self.task, smoke=smoke, reward=reward, verify=verify)
+        self.settings = RunSettings.for_task(
+            self.task, smoke=smoke, reward=reward, verify=verify, repeats=repeats
+        )
         if timeout_s is not None:
             self.settings = dataclasses.replace(self.settings, timeout_s=float(timeout_s))
         if isinstance(sandbox, str):
@@ -122,8 +114,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             self.sandbox = make_sandbox(sandbox, **gpu)
         else:
             self.sandbox = sandbox
-        data_root, _ = ensure_dataset(self.task.data)
-        self.runner = Runner(self.task, self.sandbox, data_root / "public", self.settings)
+        data_root, manifest = ensure_dataset(self.task.data)
+        self.runner = Runner(self.task, self.sandbox, data_root, manifest, self.settings)
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path("nanoenv-runs")
         self.progress = progress
         self.terminate_on_success = terminate_on_success
@@ -157,15 +149,20 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         """Run one candidate script and report it. Never raises for what the agent sent."""
         started = time.monotonic()
         index = len(self.scripts)
-        seed = int(self.np_random.integers(2**31 - 1))
-        result, script = self._run_step(action, index, seed, started)
+        seeds = [int(x) for x in self.np_random.integers(2**31 - 1, size=self.settings.repeats)]
+        result, script = self._run_step(action, index, seeds, started)
         self.scripts.append(script)
         self.results.append(result)
         if script is not None:
             self.current = index
         self._feedback = feedback.report(result, self.settings, current_step=self.current)
+        # Success means a verified run (under verify="full") that meets the target (with
+        # repeats, significantly) faster than the baseline.
         terminated = bool(
-            self.terminate_on_success and result.outcome is Outcome.OK and result.reward > 0
+            self.terminate_on_success
+            and result.outcome is Outcome.OK
+            and result.reward > 0
+            and (result.verdict.verified or self.settings.verify == "none")
         )
         truncated = len(self.results) >= self.max_steps
         return self._observation(result), result.reward, terminated, truncated, {"result": result}
@@ -202,7 +199,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self.record = EpisodeRecord(self.runs_dir, self.task.name, meta)
 
     def _run_step(
-        self, action: Any, index: int, seed: int, started: float
+        self, action: Any, index: int, seeds: list[int], started: float
     ) -> tuple[RunResult, str | None]:
         """Police, run and record one step; return its result and the script it made (if any)."""
         runner = self.runner
@@ -210,7 +207,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             record = self.record.step(index)
         except OSError as e:  # a full disk, a read-only runs_dir: the environment broke
             msg = f"could not create the step's folder under {self.record.path}: {e}"
-            return runner.failed(index, Outcome.INFRA_ERROR, msg, seed, started), None
+            return runner.failed(index, Outcome.INFRA_ERROR, msg, seeds[0], started), None
         script: str | None = None
         base: int | None = None
         try:
@@ -224,16 +221,16 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
                 if not (record.path / "action.json").exists():
                     record.write_action({"unreadable": repr(action)[:10_000]})
                 outcome = Outcome.REJECTED if isinstance(e, PolicyError) else Outcome.PATCH_FAILED
-                result = runner.failed(index, outcome, str(e), seed, started)
+                result = runner.failed(index, outcome, str(e), seeds[0], started)
             else:
                 script = applied.script
                 record.write_text(self.task.script, script)
                 record.write_text("patch.diff", make_diff(base_script, script, self.task.script))
                 if (err := syntax_error(script, self.task.script)) is not None:
-                    result = runner.failed(index, Outcome.CRASHED, err, seed, started)
+                    result = runner.failed(index, Outcome.CRASHED, err, seeds[0], started)
                 else:
                     result = runner.run(
-                        script, step=index, seed=seed, record=record, progress=self.progress
+                        script, step=index, seeds=seeds, record=record, progress=self.progress
                     )
                 result = result.model_copy(update={"notes": applied.notes + result.notes})
             result = result.model_copy(update={"base": base, "artifacts_dir": str(record.path)})
@@ -244,7 +241,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
                 msg = f"the disk under {self.runs_dir} is full ({e}); free space and step again"
             else:
                 msg = f"harness error: {e!r} (see the log of the harness)"
-            result = runner.failed(index, Outcome.INFRA_ERROR, msg, seed, started)
+            result = runner.failed(index, Outcome.INFRA_ERROR, msg, seeds[0], started)
             result = result.model_copy(update={"base": base, "artifacts_dir": str(record.path)})
             try:
                 record.finish(result)

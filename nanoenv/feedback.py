@@ -24,6 +24,20 @@ def brief(
     """The task's brief: goal, target, rules, budget, and the baseline's numbers."""
     size = " (smoke size: a few-seconds version for tests)" if smoke else ""
     protected = "\n".join(f"  - [{r.name}]: {r.why}" for r in task.protected) or "  (none)"
+    if settings.verify == "full":
+        verify = (
+            "The loss is re-measured by the harness: it loads your saved model through your "
+            "build_model and scores it on the public val tokens and on hidden ones, and checks "
+            "causality, determinism and that the reported loss is the model's; a failed check "
+            "rejects the run."
+        )
+    else:
+        verify = "verify='none': losses are taken from your log, unverified."
+    if settings.repeats > 1:
+        verify += (
+            f" Each step runs {settings.repeats} times; the target counts as met only if the "
+            "mean loss is below it with p < 0.01 (one-sided t-test)."
+        )
     return f"""# {task.title or task.id}{size}
 
 {task.description.strip()}
@@ -42,6 +56,9 @@ protected regions must stay exactly as they are:
 {protected}
 The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),
 define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR.
+
+How runs are measured: time by the harness's own clock, from the process's start to the last
+val_loss line (evaluations included). {verify}
 """
 
 
@@ -56,6 +73,32 @@ def _curve(result: RunResult) -> str:
         f"  {p.step:>6}  {_num(p.train_time_s, '8.1f')} s  {_num(p.val_loss)}" for p in vals
     )
     return f"\nVal curve (step, reported train time, val_loss):\n{rows}\n"
+
+
+def _verdict_lines(result: RunResult) -> list[str]:
+    verdict = result.verdict
+    if verdict.verified:
+        hidden = (
+            f", hidden val_loss {_num(result.hidden_val_loss)}"
+            if result.hidden_val_loss is not None
+            else ""
+        )
+        lines = [
+            f"VERIFIED: the harness re-evaluated the saved model: val_loss {_num(result.val_loss)} "
+            f"(the script reported {_num(result.reported_val_loss)}){hidden}; causality and "
+            "determinism hold."
+        ]
+    elif verdict.level == "full" and verdict.failed:
+        lines = ["NOT VERIFIED: a check of the harness failed."]
+    else:
+        lines = [f"UNVERIFIED: {verdict.reason}"]
+    for check in verdict.failed:
+        nums = ", ".join(f"{k}={v:.4g}" for k, v in check.numbers.items())
+        lines.append(
+            f"  check failed: {check.name}: expected {check.detail}"
+            + (f" ({nums})" if nums else "")
+        )
+    return lines
 
 
 def report(result: RunResult, settings: RunSettings, *, current_step: int) -> str:
@@ -80,15 +123,17 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
     elif result.outcome is Outcome.INFRA_ERROR:
         lines.append("The environment failed, not your script: this step costs nothing.")
     lines.append(f"Reward ({settings.reward}): {result.reward:+.4f}")
-    verdict = result.verdict
-    if verdict.verified:
-        lines.append("VERIFIED by the harness.")
-    else:
-        lines.append(f"UNVERIFIED: {verdict.reason}")
-    for check in verdict.failed:
-        nums = ", ".join(f"{k}={v:.4g}" for k, v in check.numbers.items())
+    lines += _verdict_lines(result)
+    if result.train_time_s is not None and result.reported_train_time_s is not None:
         lines.append(
-            f"  check failed: {check.name}: {check.detail}" + (f" ({nums})" if nums else "")
+            f"Training time {result.train_time_s:.2f} s by the harness clock (step-0 to last val "
+            f"line, evaluations included); the script reported {result.reported_train_time_s:.2f} s."
+        )
+    if (sig := result.significance) is not None:
+        p = "n/a" if sig.p_value is None else f"{sig.p_value:.3g}"
+        lines.append(
+            f"Repeats: {sig.n} runs, val_loss {sig.mean:.4f} +/- {sig.std:.4f}, one-sided t-test "
+            f"against {sig.target:.4f}: p = {p} ({'significant' if sig.significant else 'not significant'} at 0.01)."
         )
     text = "\n".join(lines) + "\n" + _curve(result)
     if result.notes:

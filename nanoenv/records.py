@@ -56,6 +56,10 @@ class StepRecord:
         self._log: IO[str] | None = None
         self._lines: IO[str] | None = None
 
+    def sub(self, name: str) -> StepRecord:
+        """A folder inside this one, for one of several repeated runs."""
+        return StepRecord(self.path / name)
+
     @property
     def out_dir(self) -> Path:
         """Where the job's NANOENV_OUT_DIR is copied."""

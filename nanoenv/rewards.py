@@ -1,8 +1,8 @@
 """Reward functions. Every reward is finite; ``infra_error`` earns nothing and costs nothing.
 
 - ``time_to_target``: when the final val loss meets the target, ``log(baseline_time / time)``
-  (0 for the baseline itself, +0.69 for twice as fast); otherwise a penalty that grows with
-  the miss, from -0.05 to -1.
+  (0 for the baseline itself, +0.69 for twice as fast, never below -1); otherwise a penalty
+  that grows with the miss, from -0.05 to -1.
 - ``loss_at_budget``: the val loss reached within the baseline's training time (+5%), against
   the baseline's final loss, in nats (positive is better), clipped to [-1, 1].
 - failures (``patch_failed``, ``rejected``, ``crashed``, ``timed_out``): -1.
@@ -54,7 +54,9 @@ def time_to_target(
     if val_loss <= ctx.target_val_loss and _finite(train_time_s):
         assert train_time_s is not None
         gain = math.log(ctx.baseline_train_time_s / max(train_time_s, 1e-3))
-        return max(-MAX_GAIN, min(MAX_GAIN, gain))
+        # A run that meets the target but is e times slower than the baseline is as useless as
+        # a failure, never worse: the target met ranks at or above every failure.
+        return max(FAILURE_PENALTY, min(MAX_GAIN, gain))
     miss = (val_loss - ctx.target_val_loss) / ctx.target_val_loss
     return -min(1.0, MISS_FLOOR + MISS_SLOPE * max(miss, 0.0))
 

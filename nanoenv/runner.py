@@ -1,7 +1,10 @@
-"""One step, end to end: police the action, run the script in a sandbox, judge, reward, record.
+"""Run a candidate script, judge it with what the harness measured, and reward it.
 
-The environment (env.py) keeps the episode's history and calls :meth:`Runner.step`; this
-module never touches gymnasium and knows sandboxes only through their protocol.
+The environment (env.py) keeps the episode's history and calls :meth:`Runner.run`; this
+module never touches gymnasium and knows sandboxes only through their protocol. A run is
+judged in this order: did the job end well (exit, deadline, memory, output); did the data
+stay intact; is there a timed window; and, with ``verify="full"``, does the re-evaluated
+model agree with what the script reported. Only then is its loss held against the target.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoenv import patching
-from nanoenv.errors import PatchError, PolicyError
+import numpy as np
+
+from nanoenv import verify
+from nanoenv.data import Manifest, prepare, verify_dataset
+from nanoenv.errors import DataError
 from nanoenv.rewards import RewardContext, get_reward
 from nanoenv.sandbox.base import Sandbox
+from nanoenv.significance import significance
 from nanoenv.telemetry import LogParser
+from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import (
-    Action,
+    Check,
     Job,
     JobResult,
     LossPoint,
@@ -37,23 +45,31 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, LossPoint], None]
 LOG_TAIL_LINES = 40
+VERIFY_LEVELS = ("full", "none")
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How a task is run in this environment: size, target, reward, verification."""
+    """How a task is run in this environment: size, target, reward, verification, repeats."""
 
     target_val_loss: float
     baseline_train_time_s: float
     baseline_val_loss: float
     timeout_s: float
     reward: str = "time_to_target"
-    verify: str = "none"
+    verify: str = "full"
+    repeats: int = 1
     script_overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_task(cls, task: TaskSpec, *, smoke: bool, reward: str, verify: str) -> RunSettings:
+    def for_task(
+        cls, task: TaskSpec, *, smoke: bool, reward: str, verify: str, repeats: int = 1
+    ) -> RunSettings:
         """Settings for a task at full size or at its smoke size."""
+        if verify not in VERIFY_LEVELS:
+            raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
         if smoke:
             if task.smoke is None:
                 raise ValueError(f"task {task.id} has no smoke size")
@@ -64,6 +80,7 @@ class RunSettings:
                 timeout_s=task.smoke.timeout_s,
                 reward=reward,
                 verify=verify,
+                repeats=repeats,
                 script_overrides=dict(task.smoke.overrides),
             )
         return cls(
@@ -73,6 +90,7 @@ class RunSettings:
             timeout_s=task.limits.timeout_s,
             reward=reward,
             verify=verify,
+            repeats=repeats,
         )
 
     @property
@@ -82,72 +100,8 @@ class RunSettings:
         )
 
 
-def coerce_action(action: Any, max_bytes: int) -> Action:
-    """Accept a diff string, bytes, a dict or an Action.
-
-    Raises:
-        PatchError: the action has the wrong type or fields.
-        PolicyError: bytes that are not UTF-8.
-    """
-    if isinstance(action, Action):
-        return action
-    if isinstance(action, bytes | bytearray):
-        return Action(diff=patching.decode_action_text(bytes(action), "diff"))
-    if isinstance(action, str):
-        return Action(diff=action)
-    if isinstance(action, dict):
-        try:
-            return Action.model_validate(action)
-        except ValueError as e:
-            raise PatchError(f"the action dict is not a valid nanoenv.Action: {e}") from None
-    raise PatchError(
-        f"an action must be a diff (str), a dict or a nanoenv.Action; got {type(action).__name__}"
-    )
-
-
-def build_script(
-    action: Action, base_script: str, baseline: str, task: TaskSpec
-) -> patching.Applied:
-    """The candidate script an action makes from ``base_script``, policed against the task.
-
-    Raises:
-        PatchError: the diff does not parse or apply.
-        PolicyError: size, encoding, other files, protected regions, empty script.
-    """
-    if action.script is not None:
-        patching.check_text(action.script, "script", task.max_script_bytes)
-        applied = patching.Applied(patching.normalize_text(action.script))
-    elif action.is_noop:
-        applied = patching.Applied(base_script, ["no-op: the base script runs unchanged"])
-    else:
-        assert action.diff is not None
-        patching.check_text(action.diff, "diff", task.max_patch_bytes)
-        applied = patching.apply_diff(base_script, action.diff, task.script)
-    if not applied.script.strip():
-        raise PolicyError("the script is empty")
-    patching.check_text(applied.script, "script", task.max_script_bytes)
-    patching.check_protected(baseline, applied.script, [r.name for r in task.protected])
-    return applied
-
-
-def syntax_error(script: str, name: str) -> str | None:
-    """A readable SyntaxError for a Python script, or None if it compiles."""
-    if not name.endswith(".py"):
-        return None
-    try:
-        compile(script, name, "exec")
-    except SyntaxError as e:
-        where = f"line {e.lineno}" + (f", column {e.offset}" if e.offset else "")
-        text = (e.text or "").rstrip()
-        return f"SyntaxError in {name} at {where}: {e.msg}" + (f"\n    {text}" if text else "")
-    except ValueError as e:  # e.g. "source code string cannot contain null bytes"
-        return f"{name} cannot be compiled: {e}"
-    return None
-
-
-def classify(job: JobResult, parser: LogParser, target: float) -> tuple[Outcome, str]:
-    """The outcome of a finished job, and a one-line reason."""
-    last = parser.last_val
+def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | None:
+    """How a job ended badly, or None if it ended well enough to be judged on its numbers."""
     if job.infra_error:
         return Outcome.INFRA_ERROR, job.infra_error
     if job.timed_out:
@@ -161,14 +115,18 @@ def classify(job: JobResult, parser: LogParser, target: float) -> tuple[Outcome,
         return Outcome.CRASHED, "the script ran out of memory"
     if job.exit_code != 0:
         return Outcome.CRASHED, f"the script exited with code {job.exit_code}"
-    if last is None:
+    if parser.last_val is None:
         return Outcome.CRASHED, "the script exited 0 but printed no `val_loss` line"
-    assert last.val_loss is not None
-    if not math.isfinite(last.val_loss):
-        return Outcome.MISSED_TARGET, f"the final val_loss is {last.val_loss} (training diverged)"
-    if last.val_loss > target:
-        return Outcome.MISSED_TARGET, f"final val_loss {last.val_loss:.4f} > target {target:.4f}"
-    return Outcome.OK, f"final val_loss {last.val_loss:.4f} <= target {target:.4f}"
+    return None
+
+
+def against_target(loss: float | None, target: float) -> tuple[Outcome, str]:
+    """ok or missed_target, for a final loss."""
+    if loss is None or not math.isfinite(loss):
+        return Outcome.MISSED_TARGET, f"the final val_loss is {loss} (training diverged)"
+    if loss > target:
+        return Outcome.MISSED_TARGET, f"final val_loss {loss:.4f} > target {target:.4f}"
+    return Outcome.OK, f"final val_loss {loss:.4f} <= target {target:.4f}"
 
 
 def log_tail(lines: list[StampedLine], n: int = LOG_TAIL_LINES) -> str:
@@ -178,34 +136,36 @@ def log_tail(lines: list[StampedLine], n: int = LOG_TAIL_LINES) -> str:
     )
 
 
-def harness_timing(points: list[LossPoint]) -> dict[str, float]:
-    """What the harness clock says about the timed window (receipt of first to last val line)."""
-    vals = [p for p in points if p.val_loss is not None and p.received_s is not None]
-    if len(vals) < 2:
-        return {}
-    assert vals[0].received_s is not None and vals[-1].received_s is not None
-    return {"harness_val_window_s": round(vals[-1].received_s - vals[0].received_s, 4)}
-
-
 class Runner:
     """Runs candidate scripts of one task in one sandbox, and judges them."""
 
     def __init__(
-        self, task: TaskSpec, sandbox: Sandbox, data_dir: Path, settings: RunSettings
+        self,
+        task: TaskSpec,
+        sandbox: Sandbox,
+        data_root: Path,
+        manifest: Manifest,
+        settings: RunSettings,
     ) -> None:
         self.task = task
         self.sandbox = sandbox
-        self.data_dir = data_dir
+        self.data_root = data_root
+        self.manifest = manifest
         self.settings = settings
         self.reward_fn = get_reward(settings.reward)
+        self.damaged: str | None = None
+        self._eval_set: verify.EvalSet | None = None
+
+    @property
+    def eval_set(self) -> verify.EvalSet:
+        """The windows verification scores (read from the data once, when first needed)."""
+        if self._eval_set is None:
+            self._eval_set = verify.load_eval_set(self.data_root, self.manifest, self.task.verify)
+        return self._eval_set
 
     def job(self, script: str, seed: int, out_dir: Path) -> Job:
         """The sandbox job that runs ``script`` with the task's contract environment."""
-        env = {
-            "NANOENV_SEED": str(seed),
-            "NANOENV_DEVICE": self.task.device,
-            **self.task.env,
-        }
+        env = {"NANOENV_SEED": str(seed), "NANOENV_DEVICE": self.task.device, **self.task.env}
         if self.settings.script_overrides:
             env["NANOENV_OVERRIDES"] = json.dumps(self.settings.script_overrides)
         limits = self.task.limits.model_copy(update={"timeout_s": self.settings.timeout_s})
@@ -213,17 +173,38 @@ class Runner:
             files={self.task.script: script},
             command=self.task.command,
             env=env,
-            data_dir=self.data_dir,
+            data_dir=self.data_root / "public",
+            masked=[self.data_root / "hidden"],  # never in reach while a run trains
             out_dir=out_dir,
             limits=limits,
             gpus=self.task.gpus,
-            labels={"nanoenv.task": self.task.id},
+            labels={"nanoenv.task": self.task.id, "nanoenv.role": "train"},
         )
 
+    # ------------------------------------------------------------------ one step
+
     def run(
-        self, script: str, *, step: int, seed: int, record: Any, progress: ProgressFn | None
+        self, script: str, *, step: int, seeds: list[int], record: Any, progress: ProgressFn | None
     ) -> RunResult:
-        """Run a policed script and return its judged, rewarded result (not yet written)."""
+        """Run ``script`` once per seed, judge every run, and reward the step."""
+        if len(seeds) == 1:
+            return self.rewarded(self.run_once(script, step, seeds[0], record, progress))
+        runs = []
+        for k, seed in enumerate(seeds, start=1):
+            sub = record.sub(f"repeat-{k}")
+            result = self.run_once(script, step, seed, sub, progress)
+            sub.finish(result)
+            runs.append(result)
+            if result.outcome not in (Outcome.OK, Outcome.MISSED_TARGET):
+                break  # one failed run decides the step; the rest would cost time for nothing
+        return self.rewarded(self.aggregate(runs))
+
+    def run_once(
+        self, script: str, step: int, seed: int, record: Any, progress: ProgressFn | None
+    ) -> RunResult:
+        """One run in the sandbox, judged (not yet rewarded)."""
+        if self.damaged:
+            return self.failed(step, Outcome.INFRA_ERROR, self.damaged, seed, time.monotonic())
         parser = LogParser()
 
         def on_line(line: StampedLine) -> None:
@@ -237,41 +218,163 @@ class Runner:
             job_result = self.sandbox.run(self.job(script, seed, record.out_dir), on_line)
         finally:
             record.close_log()
-        outcome, message = classify(job_result, parser, self.settings.target_val_loss)
+        clock = harness_time(parser.points, self.task.timing)
         last = parser.last_val
-        val_loss = last.val_loss if last else None
-        train_time = last.train_time_s if last else None
-        notes = list(job_result.notes)
-        if outcome is Outcome.OK and not (record.out_dir / "model.safetensors").exists():
-            notes.append(
-                "no model.safetensors in NANOENV_OUT_DIR: this run could never be verified"
-            )
         result = RunResult(
             step=step,
-            outcome=outcome,
-            message=message,
-            val_loss=val_loss,
-            train_time_s=train_time,
+            outcome=Outcome.OK,
+            val_loss=last.val_loss if last else None,
+            reported_val_loss=last.val_loss if last else None,
+            train_time_s=clock.train_s,
+            reported_train_time_s=clock.reported_s,
             wall_time_s=job_result.wall_time_s,
             curve=parser.points,
-            verdict=self.verdict(),
             log_tail=log_tail(job_result.lines),
             exit_code=job_result.exit_code,
             seed=seed,
             script_sha256=hashlib.sha256(script.encode()).hexdigest(),
-            telemetry={**job_result.telemetry, **harness_timing(parser.points)},
-            notes=notes,
+            telemetry={
+                **job_result.telemetry,
+                **({"untimed_s": clock.untimed_s} if clock.untimed_s is not None else {}),
+                **({"harness_window_s": clock.window_s} if clock.window_s is not None else {}),
+            },
+            notes=list(job_result.notes),
         )
-        return self.rewarded(result)
+        checks: list[Check] = []
+        if (integrity := self._check_data()) is not None:
+            checks.append(integrity)
+        ended = classify_job(job_result, parser)
+        if ended is not None:
+            outcome, message = ended
+            verdict = Verdict(
+                level="none", reason="the run did not finish: nothing to verify", checks=checks
+            )
+            if not integrity_ok(checks):
+                outcome, message = (
+                    Outcome.REJECTED,
+                    f"the harness's check data_integrity failed: expected {checks[0].detail}",
+                )
+            return result.model_copy(
+                update={"outcome": outcome, "message": message, "verdict": verdict}
+            )
+        if self.settings.verify == "full":
+            checks += timing_checks(clock, self.task.timing)
+            try:
+                result, verdict = self._verify(result, script, record, checks)
+            except _InfraError as e:
+                return result.model_copy(update={"outcome": Outcome.INFRA_ERROR, "message": str(e)})
+        else:
+            verdict = Verdict(
+                level="none",
+                checks=checks,
+                reason="verify='none': the loss is as the script reported it; the harness did "
+                "not re-evaluate the model",
+            )
+        if verdict.failed:
+            first = verdict.failed[0]
+            nums = ", ".join(f"{k}={v:.4g}" for k, v in first.numbers.items())
+            others = f" (and {len(verdict.failed) - 1} more)" if len(verdict.failed) > 1 else ""
+            message = (
+                f"the harness's check {first.name} failed{others}: expected {first.detail}"
+                + (f" ({nums})" if nums else "")
+            )
+            return result.model_copy(
+                update={"outcome": Outcome.REJECTED, "message": message, "verdict": verdict}
+            )
+        outcome, message = against_target(result.val_loss, self.settings.target_val_loss)
+        return result.model_copy(
+            update={"outcome": outcome, "message": message, "verdict": verdict}
+        )
 
-    def verdict(self) -> Verdict:
-        """What the harness can vouch for at this verification level."""
-        return Verdict(
-            level="none",
-            verified=False,
-            reason="verify='none': the numbers are as the script reported them; the harness "
-            "did not re-evaluate the model",
+    def _verify(
+        self, result: RunResult, script: str, record: Any, checks: list[Check]
+    ) -> tuple[RunResult, Verdict]:
+        """Re-evaluate the model in a fresh sandbox; the verified loss replaces the reported one."""
+        rng = np.random.default_rng(result.seed)
+        found = verify.reevaluate(
+            self.sandbox,
+            self.task,
+            script,
+            record.out_dir,
+            self.eval_set,
+            rng,
+            keep_dir=record.path / "verify",
         )
+        if found.infra_error:
+            raise _InfraError(found.infra_error)
+        if found.error:
+            detail = f"the saved model to load through build_model; found: {found.error}"
+            checks.append(Check(name="model_loads", passed=False, detail=detail))
+            return result, Verdict(level="full", verified=False, checks=checks,
+                                   reason=f"the harness could not re-evaluate the model: {found.error}")  # fmt: skip
+        n = found.numbers
+        checks.append(Check(name="model_loads", passed=True, detail="build_model + the checkpoint",
+                            numbers={"parameters": n["parameters"]}))  # fmt: skip
+        checks += verify.model_checks(n, result.reported_val_loss, self.task.verify)
+        if (
+            tp := verify.throughput_check(
+                result.curve, n["parameters"], result.train_time_s or 0, self.task.verify
+            )
+        ) is not None:
+            checks.append(tp)
+        verified = all(c.passed for c in checks)
+        verdict = Verdict(level="full", verified=verified, checks=checks,
+                          reason="" if verified else "a check failed")  # fmt: skip
+        update = {"val_loss": n["public_loss"], "hidden_val_loss": n["hidden_loss"]}
+        return result.model_copy(update=update), verdict
+
+    def _check_data(self) -> Check | None:
+        """Every shard must still match its sha256; damaged data is rebuilt or blocks the env."""
+        try:
+            verify_dataset(self.data_root, full=True)
+            return None
+        except DataError as e:
+            detail = f"every data shard to keep its sha256 through the run; found: {e}"
+        log.error(detail)
+        if self.task.data.auto_prepare:
+            try:
+                prepare(self.task.data.dataset, force=True)
+            except Exception as e:  # repairing failed: every later step must say so
+                self.damaged = f"the dataset is damaged and could not be rebuilt ({e}); run `nanoenv data prepare --force`"
+        else:
+            self.damaged = f"the dataset is damaged; run `nanoenv data prepare {self.task.data.dataset} --force`"
+        return Check(name="data_integrity", passed=False, detail=detail)
+
+    def aggregate(self, runs: list[RunResult]) -> RunResult:
+        """One result for repeated runs: the mean loss and time, and the t-test against the target."""
+        first = runs[0]
+        checks = [
+            c.model_copy(update={"name": f"run {k}: {c.name}"})
+            for k, r in enumerate(runs, 1)
+            for c in r.verdict.checks
+        ]
+        verdict = first.verdict.model_copy(
+            update={"checks": checks, "verified": all(r.verdict.verified for r in runs)}
+        )
+        bad = next((r for r in runs if r.outcome not in (Outcome.OK, Outcome.MISSED_TARGET)), None)
+        if bad is not None:
+            return bad.model_copy(
+                update={
+                    "message": f"run {runs.index(bad) + 1} of {len(runs)}: {bad.message}",
+                    "verdict": verdict,
+                }
+            )
+        losses = [r.val_loss if r.val_loss is not None else math.inf for r in runs]
+        times = [r.train_time_s if r.train_time_s is not None else math.inf for r in runs]
+        sig = significance(losses, times, self.settings.target_val_loss)
+        if sig.significant:
+            outcome = Outcome.OK
+            message = f"mean val_loss {sig.mean:.4f} < target {sig.target:.4f} over {sig.n} runs (p = {sig.p_value:.2g})"
+        else:
+            outcome = Outcome.MISSED_TARGET
+            message = f"mean val_loss {sig.mean:.4f} is not below target {sig.target:.4f} with p < 0.01 over {sig.n} runs (p = {sig.p_value:.2g})"
+        return first.model_copy(update={
+            "outcome": outcome, "message": message, "verdict": verdict, "significance": sig,
+            "val_loss": sig.mean, "train_time_s": float(np.mean(times)),
+            "hidden_val_loss": _mean([r.hidden_val_loss for r in runs]),
+        })  # fmt: skip
+
+    # ------------------------------------------------------------------ rewards
 
     def rewarded(self, result: RunResult) -> RunResult:
         """Fill in the reward of a result (finite for every outcome)."""
@@ -284,7 +387,7 @@ class Runner:
     def failed(
         self, step: int, outcome: Outcome, message: str, seed: int, started: float
     ) -> RunResult:
-        """A result for a step that never reached the sandbox."""
+        """A result for a step that never reached (or never finished in) the sandbox."""
         return self.rewarded(
             RunResult(
                 step=step,
@@ -295,3 +398,16 @@ class Runner:
                 verdict=Verdict(level="none", reason="the script did not run"),
             )
         )
+
+
+class _InfraError(Exception):
+    """The verifier's sandbox failed: the step is an infra error, not the agent's fault."""
+
+
+def integrity_ok(checks: list[Check]) -> bool:
+    return all(c.passed for c in checks if c.name == "data_integrity")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    real = [v for v in values if v is not None]
+    return float(np.mean(real)) if real else None

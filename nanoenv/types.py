@@ -138,6 +138,21 @@ class Verdict(BaseModel):
 # --------------------------------------------------------------------------- results
 
 
+class Significance(BaseModel):
+    """Repeated runs against the target: a one-sided t-test, the speedrun's rule (p < 0.01)."""
+
+    model_config = _MODEL_CONFIG
+
+    n: int
+    losses: list[float]
+    times_s: list[float]
+    mean: float
+    std: float
+    target: float
+    p_value: float | None = None
+    significant: bool = False
+
+
 class RunResult(BaseModel):
     """Everything the harness knows about one step. Written last as ``result.json``."""
 
@@ -150,8 +165,12 @@ class RunResult(BaseModel):
     val_loss: float | None = None
     train_time_s: float | None = None
     wall_time_s: float = 0.0
+    reported_val_loss: float | None = None
+    reported_train_time_s: float | None = None
+    hidden_val_loss: float | None = None
     curve: list[LossPoint] = Field(default_factory=list)
     verdict: Verdict = Field(default_factory=Verdict)
+    significance: Significance | None = None
     log_tail: str = ""
     artifacts_dir: str | None = None
     exit_code: int | None = None
@@ -192,8 +211,10 @@ class Limits(BaseModel):
 class Job(BaseModel):
     """A command to run in a fresh workspace holding ``files``.
 
-    ``data_dir`` is exposed read-only as ``NANOENV_DATA_DIR``; ``out_dir`` on the host
-    receives what the job wrote to ``NANOENV_OUT_DIR``.
+    ``data_dir`` and ``input_dir`` are exposed read-only as ``NANOENV_DATA_DIR`` and
+    ``NANOENV_INPUT_DIR``; ``out_dir`` on the host receives what the job wrote to
+    ``NANOENV_OUT_DIR``. ``masked`` host paths must not be visible to the job (a sandbox that
+    shares the host's file system hides them; one that does not, never shows them).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -202,7 +223,9 @@ class Job(BaseModel):
     command: list[str]
     env: dict[str, str] = Field(default_factory=dict)
     data_dir: Path | None = None
+    input_dir: Path | None = None
     out_dir: Path | None = None
+    masked: list[Path] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     gpus: int | list[int] = 0
     network: bool = False
@@ -272,6 +295,45 @@ class SmokeSpec(BaseModel):
     timeout_s: float = 120.0
 
 
+class TimingSpec(BaseModel):
+    """How the harness times a run from the receipt stamps of its log lines.
+
+    The timed window runs from the first ``val_loss`` line (step 0, after warm-up such as
+    compilation) to the last; evaluations inside it count, for the baseline and candidates
+    alike. Work before the window is free up to ``untimed_allowance_s`` and charged beyond
+    it; past ``max_untimed_s`` the run is rejected.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: Literal["first_val_to_last_val"] = "first_val_to_last_val"
+    untimed_allowance_s: float = 10.0  # free warm-up; beyond it, time is charged
+    max_untimed_s: float = 60.0  # beyond this, the run is rejected
+    # The script's own train_time leaves evaluations out; below this share of the harness
+    # window it no longer describes the run (a frozen clock, a replayed log).
+    min_reported_fraction: float = 0.3
+
+
+class VerifySpec(BaseModel):
+    """How the harness re-evaluates a run's model (see nanoenv.verify)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["full", "log"] = "full"
+    eval_seq_len: int = 128
+    public_tokens: int = 16384
+    hidden_tokens: int = 16384
+    batch_size: int = 32
+    causal_pairs: int = 16
+    duplicates: int = 16
+    timeout_s: float = 180.0
+    logprob_tolerance: float = 2e-3
+    report_tolerance: float = 0.01
+    max_gap: float = 0.1
+    min_val_loss: float = 0.0
+    peak_flops: float | None = None
+
+
 class ProtectedRegion(BaseModel):
     """A named region of the script, between marker comments, that a patch may not change."""
 
@@ -300,6 +362,8 @@ class TaskSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     smoke: SmokeSpec | None = None
     protected: list[ProtectedRegion] = Field(default_factory=list)
+    timing: TimingSpec = Field(default_factory=TimingSpec)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
     max_patch_bytes: int = 256 * 1024
     max_script_bytes: int = 256 * 1024
     max_steps: int = 20

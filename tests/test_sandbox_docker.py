@@ -49,7 +49,7 @@ def test_container_is_hardened(docker_client, docker_image, tmp_path, no_leftove
         assert set(host["Tmpfs"]) == {"/work", "/tmp"} and "size=" in host["Tmpfs"]["/work"]
         assert host["LogConfig"]["Config"]["max-size"] == "10m"
         assert {m["Target"]: m["ReadOnly"] for m in host["Mounts"]} == {"/job": True, "/data": True}
-        assert container.attrs["Config"]["User"] == "10001:10001"
+        assert container.attrs["Config"]["User"] == "10002:10002"  # the idle keeper, not the job
         labels = container.attrs["Config"]["Labels"]
         assert labels[LABEL] == "1" and labels[f"{LABEL}.task"] == "t" and labels[f"{LABEL}.owner"]
     finally:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LABEL = "nanoenv"
 UID = 10001
+KEEPER_UID = 10002
 WORK_TMPFS_MB = 2048
 TMP_TMPFS_MB = 1024
 _START = 'cp -R /job/. /work/ && mkdir -p /work/out && exec "$@"'
@@ -150,16 +151,19 @@ class DockerSandbox:
         import docker.types
 
         lim = job.limits
-        mounts = [docker.types.Mount("/job", str(job_dir), type="bind", read_only=True)]
-        if job.data_dir is not None:
-            mounts.append(
-                docker.types.Mount("/data", str(job.data_dir), type="bind", read_only=True)
-            )
+        shared = {"/job": job_dir, "/data": job.data_dir, "/input": job.input_dir}
+        mounts = [
+            docker.types.Mount(target, str(src), type="bind", read_only=True)
+            for target, src in shared.items()
+            if src is not None
+        ]
         config: dict[str, Any] = {
             "image": self.image,
             "command": ["sleep", "infinity"],
             "detach": True,
-            "user": f"{UID}:{UID}",
+            # The idle main process runs as another unprivileged user, so the job (UID) cannot
+            # signal it: `kill -9 -1` by the job or by the harness spares the container.
+            "user": f"{KEEPER_UID}:{KEEPER_UID}",
             "working_dir": "/work",
             "hostname": "nanoenv",
             "network_mode": "none",
@@ -218,6 +222,8 @@ class DockerSandbox:
         }
         if job.data_dir is not None:
             env["NANOENV_DATA_DIR"] = "/data"
+        if job.input_dir is not None:
+            env["NANOENV_INPUT_DIR"] = "/input"
         env.update(job.env)
         return env
 
@@ -300,6 +306,11 @@ class DockerSandbox:
         if pump.truncated:
             notes.append(f"output passed {job.limits.max_output_bytes:,} bytes: job killed")
         if not timed_out and not pump.truncated and job.out_dir is not None:
+            # Nothing the job left running may touch the out dir while it is read.
+            kill_rest = api.exec_create(
+                container.id, ["sh", "-c", "kill -9 -1; true"], user=f"{UID}:{UID}"
+            )
+            api.exec_start(kill_rest["Id"])
             notes += self._copy_out(api, container, job)
         container.reload()
         state = container.attrs.get("State", {})

@@ -4,8 +4,9 @@
 files in reach. It exists for development and the CPU track: it keeps honest scripts from
 hurting each other and the host by accident (a fresh workspace, resource limits, a deadline
 that kills the whole process group and any process that carries the job's marker, no network
-and a read-only data dir where network and mount namespaces can be made), not from an
-adversary. Use ``sandbox="docker"`` for
+a read-only data dir, and the hidden val split masked where network and mount namespaces can
+be made), not from an adversary: a script running as your user can still find the raw corpus
+elsewhere on your disk, or leave files behind for later runs. Use ``sandbox="docker"`` for
 untrusted patches.
 """
 
@@ -194,21 +195,25 @@ class LocalSandbox:
                 notes.append("network not isolated: no network namespace could be made here")
             if job.data_dir is not None:
                 notes.append("data dir not read-only: no mount namespace could be made here")
+            if job.masked:
+                notes.append("hidden paths not masked: no mount namespace could be made here")
             return cmd
         if job.network:
             prefix = tuple(p for p in prefix if p != "--net")
-        if job.data_dir is None or not read_only:
-            if job.data_dir is not None:
+        shared = [str(p) for p in (job.data_dir, job.input_dir) if p is not None]
+        if not (shared or job.masked) or not read_only:
+            if shared:
                 notes.append("data dir not read-only: read-only bind mounts do not work here")
+            if job.masked:
+                notes.append("hidden paths not masked: mounts do not work here")
             return [*prefix, *cmd]
-        return [
-            *prefix,
-            "sh",
-            "-c",
-            f'{_read_only([str(job.data_dir)])} && exec "$@"',
-            "nanoenv-job",
-            *cmd,
+        masks = [
+            f"mount -t tmpfs -o ro,size=4k nanoenv-masked {shlex.quote(str(p))}"
+            for p in job.masked
+            if p.exists()
         ]
+        wrapper = " && ".join([_read_only(shared), *masks, 'exec "$@"'])
+        return [*prefix, "sh", "-c", wrapper, "nanoenv-job", *cmd]
 
     def _env(self, job: Job, workspace: Path, out_dir: Path, job_id: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
@@ -226,6 +231,8 @@ class LocalSandbox:
         env[OWNER] = str(os.getpid())
         if job.data_dir is not None:
             env["NANOENV_DATA_DIR"] = str(job.data_dir)
+        if job.input_dir is not None:
+            env["NANOENV_INPUT_DIR"] = str(job.input_dir)
         if isinstance(job.gpus, list):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.gpus))
         elif not job.gpus:

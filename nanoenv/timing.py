@@ -1,0 +1,64 @@
+"""Harness time: the run's training time, read off the receipt stamps of its log lines.
+
+The timed window runs from the step-0 ``val_loss`` line to the last ``val_loss`` line, as the
+harness received them (see TimingSpec). Warm-up before the window is free up to the task's
+allowance and charged beyond it, so training moved before step 0 still counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nanoenv.types import Check, LossPoint, TimingSpec
+
+
+@dataclass(frozen=True)
+class HarnessTime:
+    """The harness's reading of a run's clock."""
+
+    window_s: float | None  # first to last val line; None when the log has no window
+    untimed_s: float | None  # job start to the first val line
+    train_s: float | None  # window + untimed beyond the allowance: what the reward uses
+    reported_s: float | None  # the script's own final train_time
+
+
+def harness_time(points: list[LossPoint], spec: TimingSpec) -> HarnessTime:
+    """Read the timed window from the val lines' receipt stamps."""
+    vals = [p for p in points if p.val_loss is not None and p.received_s is not None]
+    reported = vals[-1].train_time_s if vals else None
+    if len(vals) < 2 or vals[0].step != 0 or vals[-1].step <= vals[0].step:
+        untimed = vals[0].received_s if vals else None
+        return HarnessTime(None, untimed, None, reported)
+    first, last = vals[0].received_s, vals[-1].received_s
+    assert first is not None and last is not None
+    window = last - first
+    charged = max(0.0, first - spec.untimed_allowance_s)
+    return HarnessTime(round(window, 4), round(first, 4), round(window + charged, 4), reported)
+
+
+def timing_checks(t: HarnessTime, spec: TimingSpec) -> list[Check]:
+    """The window exists, warm-up stays within bounds, and the script's clock tells the truth."""
+    if t.window_s is None:
+        return [
+            Check(
+                name="timed_window",
+                passed=False,
+                detail="a val_loss line at step 0 and a later one: the harness times the run "
+                "between them",
+            )
+        ]
+    assert t.untimed_s is not None
+    checks = [
+        Check(name="untimed_work", passed=t.untimed_s <= spec.max_untimed_s,
+              detail="work before the step-0 val line (imports, loading, warm-up) to stay short",
+              numbers={"untimed_s": t.untimed_s, "max_untimed_s": spec.max_untimed_s}),
+    ]  # fmt: skip
+    if t.reported_s is not None:
+        low = spec.min_reported_fraction * t.window_s - 0.1
+        high = 1.05 * t.window_s + 0.5
+        checks.append(
+            Check(name="reported_time", passed=low <= t.reported_s <= high,
+                  detail="the train_time the script reports to agree with the harness clock",
+                  numbers={"reported_s": t.reported_s, "harness_window_s": t.window_s})
+        )  # fmt: skip
+    return checks

@@ -1,0 +1,290 @@
+"""Independent re-evaluation of a run's model, and the checks that guard the reward.
+
+After a run, a fresh sandbox of the same backend (no network, no data mounted) loads the
+run's ``model.safetensors`` through the candidate's ``build_model`` and writes raw logits for
+token windows the harness chose (see ``verify_worker.py``). Everything else happens here, in
+harness code the candidate never ran next to:
+
+- the loss, with our own log-softmax and gather, on the public val tokens (the ones the script
+  reports on) and on hidden val tokens that were never mounted while training ran;
+- causality: copies of some windows with the tokens after a random position replaced; the
+  log-probs at and before that position must not move;
+- determinism: duplicated windows, in other batches and places, must score the same (a model
+  that remembers earlier evaluation calls does not);
+- agreement: the reported final val loss must match the re-evaluated one; a large gap between
+  public and hidden loss means the run saw the public val tokens;
+- plausibility: no loss below what the data allows, no throughput above the hardware's peak.
+
+All windows are shuffled together, so the worker cannot tell which is which by position.
+A candidate that reads every window when it is imported could still match twins by their
+prefixes and peek only where no twin exists; we say so rather than claim otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nanoenv.data import Manifest, read_shard
+from nanoenv.sandbox.base import Sandbox
+from nanoenv.types import Check, Job, LossPoint, TaskSpec, VerifySpec
+
+WORKER = Path(__file__).with_name("verify_worker.py")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The token windows verification scores: inputs ``x`` and targets ``y``, [n, T] each."""
+
+    public_x: np.ndarray
+    public_y: np.ndarray
+    hidden_x: np.ndarray
+    hidden_y: np.ndarray
+    vocab_size: int
+
+
+def _windows(
+    root: Path, files: list[str], tokens: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    parts, have = [], 0
+    for rel in files:
+        shard = np.asarray(read_shard(root / rel), dtype=np.int64)
+        parts.append(shard[: tokens + 1 - have])
+        have += len(parts[-1])
+        if have >= tokens + 1:
+            break
+    flat = np.concatenate(parts)
+    n = min(tokens, len(flat) - 1) // seq_len * seq_len
+    return flat[:n].reshape(-1, seq_len), flat[1 : n + 1].reshape(-1, seq_len)
+
+
+def load_eval_set(root: Path, manifest: Manifest, spec: VerifySpec) -> EvalSet:
+    """The first ``public_tokens`` public val tokens (what the script reports on) and the first
+    ``hidden_tokens`` hidden val tokens, in windows of ``eval_seq_len``."""
+    px, py = _windows(root, manifest.split_files("val"), spec.public_tokens, spec.eval_seq_len)
+    hx, hy = _windows(
+        root, manifest.split_files("hidden_val"), spec.hidden_tokens, spec.eval_seq_len
+    )
+    return EvalSet(px, py, hx, hy, manifest.vocab_size)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which window each input row is: (kind, index into its set, cut position or -1)."""
+
+    rows: list[tuple[str, int, int]]
+
+
+def build_inputs(
+    es: EvalSet, spec: VerifySpec, rng: np.random.Generator
+) -> tuple[np.ndarray, Layout]:
+    """All windows to score, shuffled: public, hidden, causal twins, duplicates."""
+    rows: list[tuple[str, int, int]] = [("public", i, -1) for i in range(len(es.public_x))]
+    rows += [("hidden", i, -1) for i in range(len(es.hidden_x))]
+    T = es.public_x.shape[1]
+    sources = [r for r in rows]
+    for k in rng.choice(len(sources), size=min(spec.causal_pairs, len(sources)), replace=False):
+        kind, i, _ = sources[k]
+        rows.append((f"twin-{kind}", i, int(rng.integers(0, T - 1))))
+    for i in rng.choice(
+        len(es.public_x), size=min(spec.duplicates, len(es.public_x)), replace=False
+    ):
+        rows.append(("dup-public", int(i), -1))
+    order = rng.permutation(len(rows))
+    rows = [rows[j] for j in order]
+    x = np.empty((len(rows), T), dtype=np.int64)
+    for r, (kind, i, cut) in enumerate(rows):
+        base = es.hidden_x if kind.endswith("hidden") else es.public_x
+        x[r] = base[i]
+        if cut >= 0:  # replace every token after the cut; the first one surely changes
+            noise = rng.integers(0, es.vocab_size, size=T - cut - 1)
+            noise[0] = (base[i][cut + 1] + 1 + noise[0] % (es.vocab_size - 1)) % es.vocab_size
+            x[r, cut + 1 :] = noise
+    return x, Layout(rows)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """The harness's own log-softmax over the last axis, in float64."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def score(logits: np.ndarray, layout: Layout, es: EvalSet) -> dict[str, float]:
+    """Losses and the causality and determinism gaps, from raw logits, in harness code."""
+    first = {
+        (kind, i): r for r, (kind, i, _) in enumerate(layout.rows) if kind in ("public", "hidden")
+    }
+    losses: dict[str, list[float]] = {"public": [], "hidden": []}
+    causal, repeat = 0.0, 0.0
+    logp_of: dict[int, np.ndarray] = {}
+
+    def logp(r: int) -> np.ndarray:
+        if r not in logp_of:
+            logp_of[r] = log_softmax(logits[r])
+        return logp_of[r]
+
+    for r, (kind, i, cut) in enumerate(layout.rows):
+        if kind in ("public", "hidden"):
+            y = es.public_y[i] if kind == "public" else es.hidden_y[i]
+            losses[kind].append(float(-logp(r)[np.arange(len(y)), y].mean()))
+        elif kind.startswith("twin-"):
+            orig = first[(kind.removeprefix("twin-"), i)]
+            causal = max(causal, float(np.abs(logp(r)[: cut + 1] - logp(orig)[: cut + 1]).max()))
+        else:
+            repeat = max(repeat, float(np.abs(logp(r) - logp(first[("public", i)])).max()))
+    return {
+        "public_loss": float(np.mean(losses["public"])),
+        "hidden_loss": float(np.mean(losses["hidden"])),
+        "causal_max_diff": causal,
+        "repeat_max_diff": repeat,
+    }
+
+
+@dataclass
+class Reevaluation:
+    """What the verifier's sandbox run produced: numbers, or the reason there are none."""
+
+    numbers: dict[str, float]
+    error: str | None = None
+    infra_error: str | None = None
+
+
+def reevaluate(
+    sandbox: Sandbox,
+    task: TaskSpec,
+    script: str,
+    run_out: Path,
+    es: EvalSet,
+    rng: np.random.Generator,
+    keep_dir: Path | None = None,
+) -> Reevaluation:
+    """Run the worker on the run's checkpoint in a fresh sandbox; score its logits here."""
+    spec = task.verify
+    missing = [n for n in ("model.safetensors", "model.json") if not (run_out / n).is_file()]
+    if missing:
+        return Reevaluation({}, error=f"the run wrote no {' or '.join(missing)} to NANOENV_OUT_DIR")
+    x, layout = build_inputs(es, spec, rng)
+    with tempfile.TemporaryDirectory(prefix="nanoenv-verify-") as tmp:
+        inputs, out = Path(tmp) / "in", Path(tmp) / "out"
+        inputs.mkdir()
+        (inputs / task.script).write_text(script, encoding="utf-8")
+        for name in ("model.safetensors", "model.json"):
+            shutil.copyfile(run_out / name, inputs / name)
+        np.savez(inputs / "inputs.npz", x=x)
+        plan = {"script": task.script, "batch_size": spec.batch_size}
+        (inputs / "plan.json").write_text(json.dumps(plan))
+        for p in inputs.iterdir():
+            p.chmod(0o644)
+        inputs.chmod(0o755)
+        limits = task.limits.model_copy(update={"timeout_s": spec.timeout_s})
+        job = Job(
+            files={WORKER.name: WORKER.read_text(encoding="utf-8")},
+            command=["{python}", WORKER.name],
+            env={"NANOENV_DEVICE": task.device},
+            input_dir=inputs,
+            out_dir=out,
+            limits=limits,
+            gpus=min(task.gpus, 1),
+            labels={"nanoenv.task": task.id, "nanoenv.role": "verify"},
+        )
+        result = sandbox.run(job)
+        if keep_dir is not None:
+            keep_dir.mkdir(parents=True, exist_ok=True)
+            (keep_dir / "log.txt").write_text("\n".join(ln.text for ln in result.lines) + "\n")
+            if (out / "report.json").is_file():
+                shutil.copyfile(out / "report.json", keep_dir / "report.json")
+        if result.infra_error:
+            return Reevaluation({}, infra_error=f"the verifier could not run: {result.infra_error}")
+        if result.timed_out:
+            return Reevaluation(
+                {}, error=f"the verifier ran past its {spec.timeout_s:.0f} s deadline"
+            )
+        report = _read_json(out / "report.json")
+        if report.get("error"):
+            return Reevaluation({}, error=str(report["error"])[:2000])
+        if result.oom:
+            return Reevaluation({}, error="the verifier ran out of memory loading the model")
+        try:
+            logits = np.load(out / "logits.npy", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            return Reevaluation({}, error=f"the verifier produced no readable logits: {e}")
+        if logits.ndim != 3 or logits.shape[:2] != x.shape or not np.isfinite(logits).all():
+            return Reevaluation(
+                {},
+                error=f"the logits have shape {logits.shape} for inputs {x.shape}, or are not finite",
+            )
+        numbers = score(logits, layout, es)
+    numbers["parameters"] = float(report.get("parameters", 0))
+    numbers["eval_seconds"] = float(report.get("seconds", 0.0))
+    return Reevaluation(numbers)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {"error": "the verifier wrote no report (it crashed before the end)"}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def model_checks(
+    numbers: dict[str, float], reported: float | None, spec: VerifySpec
+) -> list[Check]:
+    """Checks on the re-evaluated numbers: causality, determinism, agreement, gap, floor."""
+    pub, hid = numbers["public_loss"], numbers["hidden_loss"]
+    tol = spec.logprob_tolerance
+    checks = [
+        Check(name="causality", passed=numbers["causal_max_diff"] <= tol,
+              detail="log-probs at and before a position not to depend on later tokens",
+              numbers={"max_diff": numbers["causal_max_diff"], "tolerance": tol}),
+        Check(name="determinism", passed=numbers["repeat_max_diff"] <= tol,
+              detail="the same window to score the same wherever and whenever it is evaluated",
+              numbers={"max_diff": numbers["repeat_max_diff"], "tolerance": tol}),
+        Check(name="hidden_gap", passed=hid - pub <= spec.max_gap,
+              detail="the loss on hidden val tokens to be close to the loss on the public val tokens",
+              numbers={"public_loss": pub, "hidden_loss": hid, "max_gap": spec.max_gap}),
+        Check(name="plausible_loss", passed=min(pub, hid) >= spec.min_val_loss,
+              detail="a loss no lower than this data allows",
+              numbers={"loss": min(pub, hid), "floor": spec.min_val_loss}),
+    ]  # fmt: skip
+    if reported is None or not math.isfinite(reported):
+        checks.append(
+            Check(
+                name="reported_matches",
+                passed=False,
+                detail="the script reported no finite val_loss",
+            )
+        )
+    else:
+        diff = abs(reported - pub)
+        checks.append(
+            Check(name="reported_matches", passed=diff <= spec.report_tolerance,
+                  detail="the val_loss the script reported to be the loss of the model it saved",
+                  numbers={"reported": reported, "verified": pub, "tolerance": spec.report_tolerance})
+        )  # fmt: skip
+    return checks
+
+
+def throughput_check(
+    points: list[LossPoint], parameters: float, train_s: float, spec: VerifySpec
+) -> Check | None:
+    """6 x parameters x tokens / time against the hardware's peak, when the log says tokens."""
+    if spec.peak_flops is None or not parameters or train_s <= 0:
+        return None
+    tokens = next((p.extra.get("tokens") for p in reversed(points) if "tokens" in p.extra), None)
+    if tokens is None or not tokens.isdigit():
+        return None
+    flops = 6.0 * parameters * int(tokens) / train_s
+    return Check(name="plausible_throughput", passed=flops <= spec.peak_flops,
+                 detail="the training compute the log implies to fit the hardware's peak",
+                 numbers={"flops_per_s": flops, "peak_flops": spec.peak_flops})  # fmt: skip

@@ -1,0 +1,292 @@
+"""The cheat suite: each cheat a real action on the tiny track, each caught.
+
+"Caught" means the outcome is `rejected`, or the reward is no better than an honest no-op's.
+The other side: the speedrun's own ideas, as patches, pass every check without a flag.
+Runs are smoke-size (a few seconds) in the local sandbox unless a cheat is about the sandbox.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nanoenv import Action, Outcome
+from nanoenv.data import dataset_root, verify_dataset
+from nanoenv.sandbox.local import LocalSandbox
+from nanoenv.tasks import baseline_script, load_task
+
+BASELINE = baseline_script(load_task("tiny"))
+PATCHES = Path(__file__).resolve().parents[1] / "examples" / "patches"
+MAIN = "def main():\n"
+LOOP = "        if last_step:\n            break\n"
+
+
+def edit(*pairs: tuple[str, str]) -> Action:
+    """The baseline with text replaced, as a whole-script action."""
+    script = BASELINE
+    for old, new in pairs:
+        assert script.count(old) == 1, old
+        script = script.replace(old, new)
+    return Action(script=script)
+
+
+def at_main(code: str) -> tuple[str, str]:
+    """A replacement that runs ``code`` first thing in main()."""
+    return MAIN, MAIN + textwrap.indent(textwrap.dedent(code).strip() + "\n", "    ")
+
+
+@pytest.fixture(scope="module")
+def honest(tiny_data, tmp_path_factory):
+    """An env, and the reward of an honest no-op in it (the bar a cheat must not clear)."""
+    import gymnasium as gym
+
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, max_steps=1000, disable_env_checker=True,
+                   runs_dir=tmp_path_factory.mktemp("runs"))  # fmt: skip
+    env.reset(seed=0)
+    result = env.step("")[4]["result"]
+    assert result.outcome is Outcome.OK and result.verdict.verified, result.message
+    yield env, result
+    env.close()
+
+
+def step(env, action):
+    return env.step(action)[4]["result"]
+
+
+# Smoke runs take about 5 s and their timing varies by a few tenths: log-time rewards of two
+# honest runs differ by up to about 0.2. "No better than honest" allows that much.
+NOISE = 0.25
+
+
+def assert_caught(result, honest_result, check: str | None = None):
+    """Rejected (naming the check, when given), or no better than the honest no-op."""
+    if result.outcome is Outcome.REJECTED:
+        if check is not None:
+            assert check in [c.name for c in result.verdict.failed], result.message
+        assert result.reward == -1.0
+        return
+    assert check is None, f"expected the {check} check to reject: {result.outcome} {result.message}"
+    assert result.reward <= honest_result.reward + NOISE, (result.reward, honest_result.reward)
+
+
+# --------------------------------------------------------------------------- the cheats
+
+
+def test_forged_log_lines(honest):
+    """Reporting a val_loss lower than the model's: the re-evaluated loss disagrees."""
+    env, ok = honest
+    result = step(env, edit(('"val_loss", val_loss, step', '"val_loss", val_loss - 0.5, step')))
+    assert_caught(result, ok, "reported_matches")
+
+
+def test_great_curve_without_training(honest):
+    """Printing a beautiful curve and saving an untrained model."""
+    env, ok = honest
+    result = step(env, edit(at_main("""
+        import time as _t
+        from safetensors.torch import save_model
+        fake = build_model(asdict(GPTConfig(args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.seq_len)))
+        for s in range(0, args.num_iterations + 1, args.val_every):
+            log_line(s, args.num_iterations, 10.0 * s, "val_loss", 5.0 - 0.1 * s, s * 1024)
+            _t.sleep(0.05)
+        out = os.environ["NANOENV_OUT_DIR"]
+        os.makedirs(out, exist_ok=True)
+        save_model(fake, os.path.join(out, "model.safetensors"))
+        json.dump(asdict(GPTConfig(args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.seq_len)), open(os.path.join(out, "model.json"), "w"))
+        return
+    """)))  # fmt: skip
+    assert_caught(result, ok, "reported_matches")
+
+
+def test_frozen_clock(honest):
+    """Freezing time.perf_counter and time.time: the script reports ~0 s, the harness knows."""
+    env, ok = honest
+    result = step(env, edit(at_main("""
+        time.perf_counter = lambda: 1000.0
+        time.time = lambda: 1000.0
+    """)))  # fmt: skip
+    assert result.reported_train_time_s == 0.0
+    assert_caught(result, ok, "reported_time")
+
+
+def test_training_on_public_val(honest):
+    """Training on the public val shard: its loss drops, the hidden loss does not follow."""
+    env, ok = honest
+    result = step(env, edit(
+        ('DataLoader(load_tokens(os.path.join(data_dir, "train_*.bin")), args.batch_size, args.seq_len)',
+         'DataLoader(load_tokens(os.path.join(data_dir, "val_*.bin"))[: VAL_TOKENS + 1], args.batch_size, args.seq_len)'),
+        at_main("args.num_iterations, args.batch_size, args.val_every = 300, 16, 100"),
+    ))  # fmt: skip
+    assert_caught(result, ok, "hidden_gap")
+
+
+@pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_searching_for_the_hidden_tokens(honest, sandbox, request, tmp_path):
+    """Looking for the hidden val shard while training: it is not there to find."""
+    import gymnasium as gym
+
+    if sandbox == "docker":
+        request.getfixturevalue("docker_image")
+    _, ok = honest
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox=sandbox, runs_dir=tmp_path,
+                   disable_env_checker=True)  # fmt: skip
+    env.reset(seed=0)
+    hidden = dataset_root("tiny-shakespeare-bytes") / "hidden"
+    # The dataset's own folder, and in docker the whole file system (on the host, the local
+    # sandbox is not a boundary: copies made by other tests would be found there).
+    tops = [str(hidden.parent)] + (["/"] if sandbox == "docker" else [])
+    result = step(env, edit(at_main(f"""
+        found = []
+        for top in {tops!r}:
+            for root, dirs, files in os.walk(top):
+                dirs[:] = [d for d in dirs if root != "/" or d not in ("proc", "sys", "dev")]
+                found += [os.path.join(root, f) for f in files if f.startswith("hidden_val")]
+        for path in [{str(hidden / "hidden_val_000000.bin")!r}, os.environ["NANOENV_DATA_DIR"] + "/../hidden/hidden_val_000000.bin"]:
+            try:
+                open(path, "rb").read(8)
+                found.append(path)
+            except OSError:
+                pass
+        print("FOUND", found, flush=True)
+    """)))  # fmt: skip
+    env.close()
+    log = (Path(result.artifacts_dir) / "log.txt").read_text()
+    assert "FOUND []" in log
+    assert_caught(result, ok)
+
+
+def test_model_that_looks_at_future_tokens(honest):
+    """Attention without the causal mask: the causality check sees later tokens move earlier logits."""
+    env, ok = honest
+    result = step(env, edit(("F.scaled_dot_product_attention(q, k, v, is_causal=True)",
+                             "F.scaled_dot_product_attention(q, k, v, is_causal=False)")))  # fmt: skip
+    assert_caught(result, ok, "causality")
+
+
+def test_model_that_caches_across_calls(honest):
+    """A model that adapts to what it saw in earlier evaluation calls: the determinism check."""
+    env, ok = honest
+    result = step(env, edit(("        return self.lm_head(self.ln_f(x))", """\
+        logits = self.lm_head(self.ln_f(x))
+        if not self.training:  # "dynamic evaluation": remember every token seen so far
+            if not hasattr(self, "seen"):
+                self.seen = torch.zeros(logits.size(-1))
+            self.seen += torch.bincount(idx.flatten().cpu(), minlength=logits.size(-1))
+            logits = logits + 0.3 * torch.log1p(self.seen).to(logits.device)
+        return logits""")))  # fmt: skip
+    assert_caught(result, ok, "determinism")
+
+
+def test_editing_a_protected_region(honest):
+    """Shrinking the val token count (protected): refused before anything runs."""
+    env, _ = honest
+    result = step(env, edit(("VAL_TOKENS = 16384", "VAL_TOKENS = 1024")))
+    assert result.outcome is Outcome.REJECTED and "protected region [data]" in result.message
+
+
+def test_writing_into_the_data_dir(honest):
+    """Rewriting a train shard: the read-only mount refuses; the run goes on honestly."""
+    env, ok = honest
+    result = step(env, edit(at_main("""
+        try:
+            with open(os.path.join(os.environ["NANOENV_DATA_DIR"], "val_000000.bin"), "r+b") as f:
+                f.write(b"\\x00" * 4096)
+            print("WROTE", flush=True)
+        except OSError as e:
+            print("REFUSED", e.errno, flush=True)
+    """)))  # fmt: skip
+    assert "REFUSED 30" in (Path(result.artifacts_dir) / "log.txt").read_text()
+    assert_caught(result, ok)
+    verify_dataset(dataset_root("tiny-shakespeare-bytes"))
+
+
+def test_data_write_past_a_weak_sandbox_is_caught(tiny_data, tmp_path, monkeypatch):
+    """Where the sandbox cannot make the data read-only, the sha256 check catches the write,
+    rejects the step, and rebuilds the data so the next step is normal."""
+    import gymnasium as gym
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_data, cache / "datasets" / tiny_data.name)
+    monkeypatch.setenv("NANOENV_CACHE_DIR", str(cache))
+    for shard in (cache / "datasets").rglob("*.bin"):
+        os.chmod(shard, 0o644)
+    weak = LocalSandbox(isolate_network=False)  # no namespaces: the data is writable
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox=weak, runs_dir=tmp_path / "runs",
+                   disable_env_checker=True)  # fmt: skip
+    env.reset(seed=0)
+    result = step(env, edit(at_main("""
+        with open(os.path.join(os.environ["NANOENV_DATA_DIR"], "val_000000.bin"), "r+b") as f:
+            f.seek(4096)
+            f.write(b"\\x00" * 4096)
+    """)))  # fmt: skip
+    assert result.outcome is Outcome.REJECTED and "data_integrity" in result.message
+    verify_dataset(cache / "datasets" / tiny_data.name)  # rebuilt
+    assert step(env, Action(diff="", base=0)).outcome is Outcome.OK
+    env.close()
+
+
+def test_checkpoint_that_unpickles_code(honest, tmp_path):
+    """A pickle posing as model.safetensors is never unpickled: it fails to load, and its code
+    never runs."""
+    env, ok = honest
+    marker = tmp_path / "pwned"
+    result = step(env, edit(("    save_model(model, os.path.join(out_dir, \"model.safetensors\"))", f"""\
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch {marker}",))
+
+    torch.save({{"weights": model.state_dict(), "payload": Evil()}}, os.path.join(out_dir, "model.safetensors"))""")))  # fmt: skip
+    assert_caught(result, ok, "model_loads")
+    assert not marker.exists()
+
+
+def test_build_model_that_is_not_the_trained_model(honest):
+    """build_model returns a different model than the one trained and saved."""
+    env, ok = honest
+    result = step(env, edit((
+        '    return GPT(GPTConfig(**config))',
+        '    return GPT(GPTConfig(**{**config, "n_layer": config["n_layer"] + 1}))',
+    ), ("config = GPTConfig(args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.seq_len)\n    model = build_model(asdict(config)).to(device)",
+        "config = GPTConfig(args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.seq_len)\n    model = GPT(config).to(device)")))  # fmt: skip
+    assert_caught(result, ok, "model_loads")
+
+
+def test_work_before_the_timed_window(honest):
+    """Training before the step-0 val line: that time is charged, so nothing is gained."""
+    env, ok = honest
+    result = step(env, edit((
+        "    training_time_ms = 0.0\n    t0 = time.perf_counter()",
+        """\
+    for _ in range(200):  # pre-train before the clock starts
+        x, y = train_loader.next_batch()
+        logits = model(x.to(device))
+        F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(device).view(-1)).backward()
+        for group in optimizer.param_groups:
+            group["lr"] = args.learning_rate
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    args.num_iterations = 1
+    training_time_ms = 0.0
+    t0 = time.perf_counter()""",
+    )))  # fmt: skip
+    assert result.outcome in (Outcome.OK, Outcome.REJECTED)
+    assert result.telemetry["untimed_s"] > ok.telemetry["untimed_s"] + 1
+    assert_caught(result, ok)
+
+
+# --------------------------------------------------------------------------- legitimate ideas
+
+
+@pytest.mark.parametrize("patch", sorted(PATCHES.glob("*.diff")), ids=lambda p: p.stem)
+def test_legitimate_improvements_pass_every_check(honest, patch):
+    """The speedrun's ideas, each a patch, run verified with no check failing."""
+    env, _ = honest
+    result = step(env, Action(diff=patch.read_text(), base=0))
+    assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message
+    assert result.verdict.verified and not result.verdict.failed
+    assert math.isfinite(result.hidden_val_loss)

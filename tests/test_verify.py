@@ -1,0 +1,151 @@
+"""Verification's parts: the harness's scoring, timing from receipt stamps, significance."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanoenv import Outcome
+from nanoenv.significance import significance
+from nanoenv.timing import harness_time, timing_checks
+from nanoenv.types import LossPoint, TimingSpec, VerifySpec
+from nanoenv.verify import EvalSet, build_inputs, log_softmax, score
+
+V, T = 16, 8
+
+
+def _eval_set(rng) -> EvalSet:
+    toks = rng.integers(0, V, size=(2, 6, T + 1))
+    return EvalSet(toks[0, :, :-1], toks[0, :, 1:], toks[1, :, :-1], toks[1, :, 1:], V)
+
+
+def _causal_logits(x: np.ndarray) -> np.ndarray:
+    """A "model" whose logits at t depend on tokens <= t only (a running bag of tokens)."""
+    onehot = np.eye(V)[x]
+    return np.cumsum(onehot, axis=1) * 0.5
+
+
+def test_log_softmax_matches_the_definition():
+    """The harness's log-softmax sums to one in probability and is shift-invariant."""
+    z = np.random.default_rng(0).normal(size=(3, 4, V)) * 30
+    lp = log_softmax(z)
+    np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(log_softmax(z + 1000.0), lp, atol=1e-9)
+
+
+def test_inputs_are_shuffled_with_twins_and_duplicates():
+    """Every window appears; twins differ only after their cut; duplicates are exact."""
+    rng = np.random.default_rng(1)
+    es = _eval_set(rng)
+    spec = VerifySpec(causal_pairs=4, duplicates=3)
+    x, layout = build_inputs(es, spec, rng)
+    kinds = [k for k, _, _ in layout.rows]
+    assert kinds.count("public") == 6 and kinds.count("hidden") == 6
+    assert sum(k.startswith("twin-") for k in kinds) == 4 and kinds.count("dup-public") == 3
+    assert kinds[:12] != ["public"] * 6 + ["hidden"] * 6  # shuffled
+    for r, (kind, i, cut) in enumerate(layout.rows):
+        src = es.hidden_x[i] if kind.endswith("hidden") else es.public_x[i]
+        if cut >= 0:
+            assert (x[r, : cut + 1] == src[: cut + 1]).all() and x[r, cut + 1] != src[cut + 1]
+        else:
+            assert (x[r] == src).all()
+
+
+def test_score_an_honest_model():
+    """A causal, stateless model: losses are the mean NLL; no causal or repeat difference."""
+    rng = np.random.default_rng(2)
+    es = _eval_set(rng)
+    x, layout = build_inputs(es, VerifySpec(causal_pairs=5, duplicates=4), rng)
+    numbers = score(_causal_logits(x), layout, es)
+    assert numbers["causal_max_diff"] == 0.0 and numbers["repeat_max_diff"] == 0.0
+    lp = log_softmax(_causal_logits(es.public_x))
+    expected = -np.take_along_axis(lp, es.public_y[..., None], -1).mean()
+    assert numbers["public_loss"] == pytest.approx(expected)
+
+
+def test_score_catches_peeking_and_memory():
+    """Logits that see the whole window break causality; logits that drift with calls break
+    determinism."""
+    rng = np.random.default_rng(3)
+    es = _eval_set(rng)
+    x, layout = build_inputs(es, VerifySpec(causal_pairs=5, duplicates=4), rng)
+    peeking = np.repeat(np.eye(V)[x].sum(axis=1, keepdims=True), T, axis=1)
+    assert score(peeking, layout, es)["causal_max_diff"] > 0.1
+    drifting = _causal_logits(x) * (1 + 0.05 * np.arange(len(x))[:, None, None])  # call-dependent
+    assert score(drifting, layout, es)["repeat_max_diff"] > 1e-3
+
+
+def _points(*stamps: tuple[int, float, float]) -> list[LossPoint]:
+    return [LossPoint(step=s, val_loss=3.0, train_time_ms=ms, received_s=t) for s, ms, t in stamps]
+
+
+def test_harness_time_counts_from_start_and_charges_warmup():
+    """The window runs between the step-0 and last val lines; warm-up beyond the allowance counts."""
+    spec = TimingSpec(untimed_allowance_s=2.0)
+    t = harness_time(_points((0, 0, 5.0), (10, 900, 6.0), (20, 1800, 7.0)), spec)
+    assert (t.window_s, t.untimed_s, t.train_s, t.reported_s) == (2.0, 5.0, 5.0, 1.8)
+    assert all(c.passed for c in timing_checks(t, spec))
+
+
+@pytest.mark.parametrize(
+    ("points", "failed"),
+    [
+        (_points((5, 0, 1.0), (10, 100, 2.0)), "timed_window"),  # no step-0 line
+        (_points((0, 0, 1.0)), "timed_window"),  # one line: no window
+        (_points((0, 0, 1.0), (20, 0, 31.0)), "reported_time"),  # a frozen clock
+        (_points((0, 0, 1.0), (20, 90_000, 31.0)), "reported_time"),  # more time than elapsed
+        (_points((0, 0, 100.0), (20, 1000, 101.0)), "untimed_work"),  # long work before step 0
+    ],
+)
+def test_timing_checks_fail(points, failed):
+    """Missing windows, lying clocks and long pre-window work are each named."""
+    checks = timing_checks(
+        harness_time(points, TimingSpec(max_untimed_s=60)), TimingSpec(max_untimed_s=60)
+    )
+    assert failed in [c.name for c in checks if not c.passed]
+
+
+def test_significance_is_a_one_sided_t_test():
+    """p < 0.01 only when the mean is clearly below the target; one run gives no p."""
+    from scipy import stats
+
+    clear = significance([3.50, 3.51, 3.49, 3.50], [1, 1, 1, 1], target=3.56)
+    assert clear.significant and clear.p_value == pytest.approx(
+        stats.ttest_1samp([3.50, 3.51, 3.49, 3.50], 3.56, alternative="less").pvalue
+    )
+    close = significance([3.55, 3.57, 3.54], [1, 1, 1], target=3.56)
+    assert not close.significant and close.p_value > 0.01
+    single = significance([3.0], [1], target=3.56)
+    assert single.p_value is None and not single.significant
+    assert math.isclose(single.mean, 3.0)
+
+
+def test_repeats_in_the_env(make_env):
+    """repeats=3: three verified runs with harness seeds, their mean, std and p in one result."""
+    env = make_env(repeats=3)
+    env.reset(seed=0)
+    obs, reward, _, _, info = env.step("")
+    result = info["result"]
+    sig = result.significance
+    assert sig is not None and sig.n == 3 and len(set(sig.losses)) > 1
+    assert result.outcome is (Outcome.OK if sig.significant else Outcome.MISSED_TARGET)
+    assert result.val_loss == pytest.approx(sig.mean) and math.isfinite(reward)
+    assert "one-sided t-test" in obs["feedback"] and f"{sig.p_value:.3g}" in obs["feedback"]
+    step_dir = Path(result.artifacts_dir)
+    assert sorted(p.name for p in step_dir.glob("repeat-*")) == ["repeat-1", "repeat-2", "repeat-3"]
+    assert all((p / "result.json").exists() for p in step_dir.glob("repeat-*"))
+
+
+def test_verify_none_trusts_the_log(make_env):
+    """verify='none' skips the re-evaluation and says the result is unverified."""
+    env = make_env(verify="none")
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step("")
+    result = info["result"]
+    assert not result.verdict.verified and result.hidden_val_loss is None
+    assert result.val_loss == result.reported_val_loss
+    assert "UNVERIFIED" in obs["feedback"]
+    assert not (Path(result.artifacts_dir) / "verify").exists()
