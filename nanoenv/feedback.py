@@ -126,8 +126,9 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
     lines += _verdict_lines(result)
     if result.train_time_s is not None and result.reported_train_time_s is not None:
         lines.append(
-            f"Training time {result.train_time_s:.2f} s by the harness clock (step-0 to last val "
-            f"line, evaluations included); the script reported {result.reported_train_time_s:.2f} s."
+            f"Training time {result.train_time_s:.2f} s by the harness clock (process start, "
+            "less the task's free warm-up, to the last val line, evaluations included); the "
+            f"script reported {result.reported_train_time_s:.2f} s."
         )
     if (sig := result.significance) is not None:
         p = "n/a" if sig.p_value is None else f"{sig.p_value:.3g}"
@@ -145,11 +146,13 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
         tail = result.log_tail.splitlines()[-15:]
         text += "\nLast lines of output:\n" + "\n".join(f"  {t}" for t in tail) + "\n"
     tel = result.telemetry
-    if tel:
-        text += (
-            f"\nWall time {result.wall_time_s:.1f} s; CPU time {tel.get('cpu_time_s', 0):.1f} s; "
-            f"peak memory {tel.get('peak_rss_mb', 0):.0f} MB."
-        )
+    parts = [f"Wall time {result.wall_time_s:.1f} s"]
+    if "cpu_time_s" in tel:
+        parts.append(f"CPU time {tel['cpu_time_s']:.1f} s")
+    if "peak_rss_mb" in tel:
+        parts.append(f"peak memory {tel['peak_rss_mb']:.0f} MB")
+    if result.wall_time_s or tel:
+        text += "\n" + "; ".join(parts) + "."
         if result.artifacts_dir:
             text += f" Artifacts: {result.artifacts_dir}"
         text += "\n"

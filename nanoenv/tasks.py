@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from nanoenv.errors import TaskError
-from nanoenv.types import TaskSpec
+from nanoenv.types import DataSpec, TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,4 +85,28 @@ def load_task(name: str, **overrides: Any) -> TaskSpec:
 def baseline_script(task: TaskSpec) -> str:
     """The text of the task's baseline script."""
     assert task.task_dir is not None
-    return (task.task_dir / task.script).read_text(encoding="utf-8")
+    return (task.task_dir / (task.source or task.script)).read_text(encoding="utf-8")
+
+
+def smoke_task(task: TaskSpec) -> TaskSpec:
+    """The task at its smoke size: its own target, baseline time, deadline, device, data."""
+    if task.smoke is None:
+        raise TaskError(f"task {task.id} has no smoke size")
+    s = task.smoke
+    baseline = task.baseline.model_copy(
+        update={"val_loss": s.target_val_loss, "train_time_s": s.baseline_train_time_s}
+    )
+    data = DataSpec(dataset=s.dataset, auto_prepare=True) if s.dataset else task.data
+    return task.model_copy(
+        update={
+            "target_val_loss": s.target_val_loss,
+            "baseline": baseline,
+            "limits": task.limits.model_copy(update={**s.limits, "timeout_s": s.timeout_s}),
+            "device": s.device or task.device,
+            "processes": s.processes or task.processes,
+            "gpus": task.gpus if s.gpus is None else s.gpus,
+            "env": {**task.env, **s.env},
+            "data": data,
+            "verify": task.verify.model_copy(update=s.verify),
+        }
+    )

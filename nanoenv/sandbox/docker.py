@@ -166,6 +166,9 @@ class DockerSandbox:
             "user": f"{KEEPER_UID}:{KEEPER_UID}",
             "working_dir": "/work",
             "hostname": "nanoenv",
+            # torchrun's rendezvous resolves the host's own name; with no network there is no
+            # DNS, so the name is written into /etc/hosts.
+            "extra_hosts": {"nanoenv": "127.0.0.1"},
             "network_mode": "none",
             "read_only": True,
             "mounts": mounts,
@@ -312,12 +315,15 @@ class DockerSandbox:
             )
             api.exec_start(kill_rest["Id"])
             notes += self._copy_out(api, container, job)
+        telemetry = _usage(container)
         container.reload()
         state = container.attrs.get("State", {})
         oom = bool(state.get("OOMKilled")) or (
             exit_code == 137 and not timed_out and not pump.truncated
         )
-        return result_from(pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes)
+        return result_from(
+            pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes, telemetry=telemetry
+        )
 
     def _copy_out(self, api: Any, container: Any, job: Job) -> list[str]:
         """Stream /work/out out of the container as a tar, and unpack it safely."""
@@ -338,6 +344,25 @@ class DockerSandbox:
             if size == 0:
                 return ["the out dir could not be read"]
             return extract_tar(Path(tmp.name), job.out_dir, cap)
+
+
+def _usage(container: Any) -> dict[str, float]:
+    """CPU time and peak memory of the container, from the engine's cgroup statistics."""
+    import docker.errors
+
+    try:
+        stats = container.stats(stream=False)
+    except docker.errors.DockerException:
+        return {}
+    out: dict[str, float] = {}
+    cpu = stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage")
+    if cpu:
+        out["cpu_time_s"] = cpu / 1e9
+    mem = stats.get("memory_stats", {})
+    peak = mem.get("max_usage") or mem.get("usage")  # cgroup v2 reports no max_usage
+    if peak:
+        out["peak_rss_mb"] = peak / 2**20
+    return out
 
 
 def _kill(container: Any) -> None:

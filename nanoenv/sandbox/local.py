@@ -49,6 +49,13 @@ _INHERITED = (
     "SSL_CERT_FILE", "TORCHINDUCTOR_CACHE_DIR",
 )  # fmt: skip
 _GRACE_S = 2.0
+# SIOCGIFFLAGS / SIOCSIFFLAGS on "lo", setting IFF_UP: `ip link set lo up` without iproute2.
+_LOOPBACK_UP = (
+    "import fcntl, socket, struct\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "flags = struct.unpack('16sH', fcntl.ioctl(s, 0x8913, struct.pack('16sH', b'lo', 0)))[1]\n"
+    "fcntl.ioctl(s, 0x8914, struct.pack('16sH', b'lo', flags | 1))\n"
+)
 
 
 def _read_only(paths: list[str]) -> str:
@@ -198,21 +205,26 @@ class LocalSandbox:
             if job.masked:
                 notes.append("hidden paths not masked: no mount namespace could be made here")
             return cmd
+        steps = []
         if job.network:
             prefix = tuple(p for p in prefix if p != "--net")
+        else:
+            # A new network namespace starts with loopback down; multi-process jobs (torchrun's
+            # rendezvous, gloo) need it up. Nothing leaves the machine through it.
+            steps.append(f"{shlex.quote(self.python)} -c {shlex.quote(_LOOPBACK_UP)}")
         shared = [str(p) for p in (job.data_dir, job.input_dir) if p is not None]
-        if not (shared or job.masked) or not read_only:
+        if read_only:
+            steps += [_read_only(shared)] if shared else []
+            steps += [f"mount -t tmpfs -o ro,size=4k nanoenv-masked {shlex.quote(str(p))}"
+                      for p in job.masked if p.exists()]  # fmt: skip
+        else:
             if shared:
                 notes.append("data dir not read-only: read-only bind mounts do not work here")
             if job.masked:
                 notes.append("hidden paths not masked: mounts do not work here")
+        if not steps:
             return [*prefix, *cmd]
-        masks = [
-            f"mount -t tmpfs -o ro,size=4k nanoenv-masked {shlex.quote(str(p))}"
-            for p in job.masked
-            if p.exists()
-        ]
-        wrapper = " && ".join([_read_only(shared), *masks, 'exec "$@"'])
+        wrapper = " && ".join([*steps, 'exec "$@"'])
         return [*prefix, "sh", "-c", wrapper, "nanoenv-job", *cmd]
 
     def _env(self, job: Job, workspace: Path, out_dir: Path, job_id: str) -> dict[str, str]:
@@ -237,6 +249,8 @@ class LocalSandbox:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.gpus))
         elif not job.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""
+        elif "CUDA_VISIBLE_DEVICES" in os.environ:  # k GPUs: among those the host lets us see
+            env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
         env.update(job.env)
         return env
 

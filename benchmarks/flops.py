@@ -1,0 +1,58 @@
+"""FLOPs per token and tokens trained by a task's baseline, and what time that implies.
+
+Usage: python benchmarks/flops.py [--env nanoenv/Speedrun-GPT2-8xH100-v0] [--mfu 0.4]
+The model is built on the meta device (no memory, no GPU) from the baseline's own
+Hyperparameters. Training FLOPs per token = 6 x parameters (forward and backward of every
+weight) + 12 x layers x context x width (attention scores and mixing), as in the PaLM appendix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from dataclasses import asdict
+
+import torch
+
+from nanoenv.tasks import load_task
+
+PEAK_BF16 = {"H100": 989e12}  # dense bf16 FLOP/s of one H100 SXM
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default="nanoenv/Speedrun-GPT2-8xH100-v0")
+    ap.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization to assume")
+    args = ap.parse_args()
+    task = load_task(args.env)
+    path = task.task_dir / (task.source or task.script)
+    spec = importlib.util.spec_from_file_location("baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["baseline"] = mod
+    spec.loader.exec_module(mod)  # top level only: hyperparameters and model classes
+    hp = mod.args
+    config = mod.GPTConfig(hp.vocab_size, hp.n_layer, hp.n_head, hp.n_embd, hp.seq_len)
+    with torch.device("meta"):
+        model = mod.build_model(asdict(config))
+    params = sum(p.numel() for p in model.parameters())
+    position = sum(p.numel() for n, p in model.named_parameters() if n.startswith("wpe"))
+    n = params - position
+    flops_token = 6 * n + 12 * hp.n_layer * hp.seq_len * hp.n_embd
+    tokens_per_step = getattr(hp, "total_batch_tokens", None) or hp.batch_size * hp.seq_len
+    tokens = hp.num_iterations * tokens_per_step
+    total = flops_token * tokens
+    print(f"task {task.id}: baseline {path.name}")
+    print(f"parameters {params / 1e6:.1f}M ({position / 1e6:.2f}M of them position embeddings)")
+    print(f"training FLOPs per token {flops_token / 1e9:.3f} G (6N {6 * n / 1e9:.3f} G + attention "
+          f"{12 * hp.n_layer * hp.seq_len * hp.n_embd / 1e9:.3f} G)")  # fmt: skip
+    print(f"tokens trained {tokens:,} ({hp.num_iterations} steps x {tokens_per_step:,})")
+    print(f"total training compute {total:.3e} FLOPs")
+    gpus = max(task.gpus, 1)
+    if task.device == "cuda":
+        rate = gpus * PEAK_BF16["H100"] * args.mfu
+        print(f"on {gpus}x H100 at {args.mfu:.0%} MFU: {total / rate / 60:.1f} min of training")
+
+
+if __name__ == "__main__":
+    main()

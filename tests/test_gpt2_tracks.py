@@ -1,0 +1,136 @@
+"""The GPU tracks, proven on the CPU: torchrun with gloo and 2 processes, at smoke size."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+import nanoenv  # noqa: F401
+from nanoenv import Outcome
+from nanoenv.cli import main as cli_main
+from nanoenv.data import load_manifest, prepare, read_shard
+from nanoenv.data.text import gpt2_encoding
+from nanoenv.tasks import load_task
+
+GPU_IDS = ["nanoenv/Speedrun-GPT2-1xH100-v0", "nanoenv/Speedrun-GPT2-8xH100-v0"]
+
+
+@pytest.fixture(scope="module")
+def gpt2_data():
+    """Shakespeare in GPT-2 tokens: the smoke data of the GPU tracks."""
+    return prepare("shakespeare-gpt2")
+
+
+@pytest.mark.parametrize("env_id", GPU_IDS)
+def test_tracks_are_the_speedruns(env_id):
+    """Target 3.28 over 10,485,760 val tokens, torchrun over the track's GPUs, FineWeb data."""
+    task = load_task(env_id)
+    assert env_id in gym.registry
+    assert task.target_val_loss == 3.28 and task.data.dataset == "fineweb10B"
+    assert task.processes == task.gpus == (8 if "8x" in env_id else 1)
+    assert "torch.distributed.run" in task.command and "--nproc_per_node={procs}" in task.command
+    script = (task.task_dir / (task.source or task.script)).read_text()
+    assert 'VAL_TOKENS = int(os.environ.get("NANOENV_VAL_TOKENS", 10485760))' in script
+    assert task.timing.untimed_allowance_s > 0  # compile warm-up before step 0 is untimed
+    assert {r.name for r in task.protected} == {"data", "log"}
+
+
+def test_smoke_run_from_the_cli_local(gpt2_data, tmp_path, capsys):
+    """`nanoenv run --env ... --smoke`: 2 processes under torchrun (gloo), val lines, verified."""
+    code = cli_main(
+        ["run", "--env", "Speedrun-GPT2-1xH100-v0", "--smoke", "--runs-dir", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("val_loss:") == 3 and "VERIFIED" in out
+    log = next(tmp_path.glob("*/step-0001/log.txt")).read_text()
+    assert "2 process(es) on cpu" in log
+
+
+@pytest.mark.docker
+def test_smoke_run_in_docker(gpt2_data, docker_image, tmp_path):
+    """The 8xH100 track's smoke size in the docker sandbox: the same processes, verified."""
+    env = gym.make(
+        GPU_IDS[1], smoke=True, sandbox="docker", runs_dir=tmp_path, disable_env_checker=True
+    )
+    env.reset(seed=0)
+    result = env.step("")[4]["result"]
+    env.close()
+    assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message
+    assert result.verdict.verified, result.verdict
+    assert len(result.val_curve) == 3
+    assert "2 process(es) on cpu" in (Path(result.artifacts_dir) / "log.txt").read_text()
+
+
+def test_own_corpus_in_gpt2_tokens(tmp_path, monkeypatch):
+    """`nanoenv data prepare --text DIR --tokenizer gpt2`: tiktoken's GPT-2 BPE, offline."""
+    monkeypatch.setenv("NANOENV_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(60):
+        (corpus / f"doc{i}.txt").write_text(f"Hello world, document {i}. " * 400)
+    assert (
+        cli_main(
+            ["data", "prepare", "--text", str(corpus), "--tokenizer", "gpt2", "--name", "mine"]
+        )
+        == 0
+    )
+    root = tmp_path / "cache" / "datasets" / "mine"
+    manifest = load_manifest(root)
+    assert manifest.vocab_size == 50257 and manifest.source["tokenizer"] == "gpt2"
+    first = read_shard(root / manifest.split_files("train")[0])
+    assert gpt2_encoding().encode_ordinary("Hello world") == [15496, 995]
+    assert 50256 in set(first.tolist())  # documents start with <|endoftext|>
+
+
+BYO = textwrap.dedent(
+    """
+    # A user's own script, modded-nanogpt style: no build_model, its own log lines.
+    import glob, os, time
+    import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+    files = sorted(glob.glob(os.path.join(os.environ["NANOENV_DATA_DIR"], "train_*.bin")))
+    tokens = np.fromfile(files[0], dtype=np.uint16, offset=1024)[:200000].astype(np.int64)
+    val = np.fromfile(sorted(glob.glob(os.path.join(os.environ["NANOENV_DATA_DIR"], "val_*.bin")))[0],
+                      dtype=np.uint16, offset=1024)[:4097].astype(np.int64)
+    model = nn.Sequential(nn.Embedding(50304, 32), nn.Linear(32, 50304))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    def val_loss():
+        with torch.no_grad():
+            x, y = torch.from_numpy(val[:-1]), torch.from_numpy(val[1:])
+            return F.cross_entropy(model(x), y).item()
+    t0, train_ms = time.perf_counter(), 0.0
+    for step in range(11):
+        if step % 5 == 0 and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 logs
+            train_ms += 1000 * (time.perf_counter() - t0)
+            print(f"step:{step}/10 val_loss:{val_loss():.4f} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms", flush=True)
+            t0 = time.perf_counter()
+        if step == 10:
+            break
+        i = np.random.randint(0, len(tokens) - 513)
+        x, y = torch.from_numpy(tokens[i : i + 512]), torch.from_numpy(tokens[i + 1 : i + 513])
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    """
+)
+
+
+def test_bring_your_own_baseline(gpt2_data, tmp_path):
+    """A user's script as the baseline: it runs at verification level `log`, its curve parses,
+    and the feedback says plainly that it is unverified."""
+    script = tmp_path / "train_gpt.py"
+    script.write_text(BYO)
+    env = gym.make(GPU_IDS[0], smoke=True, baseline=script, runs_dir=tmp_path / "runs",
+                   disable_env_checker=True, render_mode="ansi")  # fmt: skip
+    obs, _ = env.reset(seed=0)
+    assert obs["script"] == BYO
+    obs, _, _, _, info = env.step("")
+    result = info["result"]
+    env.close()
+    assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message
+    assert result.verdict.level == "log" and not result.verdict.verified
+    assert "UNVERIFIED" in obs["feedback"] and "no build_model" in obs["feedback"]
+    assert [p.step for p in result.val_curve] == [0, 5, 10]
+    assert result.val_loss == result.reported_val_loss
