@@ -269,6 +269,20 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Time the baseline on this machine and cache it as the paired baseline."""
+    from nanoenv import baselines
+
+    env_id = args.env if "/" in args.env else f"nanoenv/{args.env}"
+    t = time.monotonic()
+    paired = baselines.measure(env_id, smoke=args.smoke, sandbox=args.sandbox, runs=args.runs)
+    print(f"{paired.task}{' (smoke)' if paired.smoke else ''}: baseline {paired.train_time_s:.2f} s "
+          f"(sd {paired.train_time_sd:.2f}), val_loss {paired.val_loss:.4f}, {paired.runs} runs, "
+          f"{time.monotonic() - t:.0f} s")  # fmt: skip
+    print(f"fingerprint {paired.fingerprint_id}: {paired.fingerprint}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     """List the tasks."""
     from nanoenv.tasks import load_task, task_ids
@@ -363,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--images", action="store_true", help="also images of older build inputs")
     ssub.add_parser("status", help="is the engine reachable, are the images built")
     sandbox.set_defaults(func=cmd_sandbox)
+
+    base = sub.add_parser(
+        "baseline", help="time the baseline on this machine (the paired baseline)"
+    )
+    base.add_argument("--env", default=DEFAULT_ENV)
+    base.add_argument("--smoke", action="store_true")
+    base.add_argument("--sandbox", default="local", choices=["local", "docker", "ray"])
+    base.add_argument("--runs", type=int, default=3)
+    base.set_defaults(func=cmd_baseline)
 
     tasks = sub.add_parser("tasks", help="list the tasks")
     tasks.set_defaults(func=cmd_tasks)

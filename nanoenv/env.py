@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import math
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,10 +14,10 @@ import gymnasium as gym
 import numpy as np
 
 from nanoenv import feedback
-from nanoenv.actions import build_script, coerce_action, defines_build_model, syntax_error
+from nanoenv.actions import defines_build_model
 from nanoenv.data import ensure_dataset
-from nanoenv.errors import PatchError, PolicyError
-from nanoenv.patching import make_diff, protected_regions
+from nanoenv.episode import Episode, Pending, StepHandle
+from nanoenv.patching import protected_regions
 from nanoenv.records import EpisodeRecord
 from nanoenv.runner import ProgressFn, Runner, RunSettings
 from nanoenv.sandbox import Sandbox, make_sandbox
@@ -99,6 +99,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         progress: ProgressFn | None = None,
         baseline: str | Path | None = None,
         terminate_on_success: bool = False,
+        max_in_flight: int | None = None,
+        paired_baseline: bool | None = None,
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
@@ -122,6 +124,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         )
         if timeout_s is not None:
             self.settings = dataclasses.replace(self.settings, timeout_s=float(timeout_s))
+        sandbox_name = sandbox if isinstance(sandbox, str) else sandbox.name
+        self.baseline_measured_on = self._pair_baseline(paired_baseline, sandbox_name, task)
         if isinstance(sandbox, str):
             gpu = {"gpu": True} if sandbox == "docker" and self.task.gpus else {}
             self.sandbox = make_sandbox(sandbox, **gpu)
@@ -138,6 +142,10 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self.render_mode = render_mode
         self.observation_space = observation_space(self.task.max_script_bytes)
         self.action_space = action_space(self.task.max_patch_bytes)
+        # Runs in flight at once: one per sandbox slot. A local or docker sandbox shares this
+        # machine's cores, so one by default; Ray schedules by resources, so more.
+        in_flight = max_in_flight or (4 if self.sandbox.name == "ray" else 1)
+        self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="nanoenv-step")
         self._new_episode()
 
     # ------------------------------------------------------------------ gymnasium API
@@ -150,27 +158,40 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self._new_episode(seed)
         self._feedback = feedback.brief(
             self.task, self.settings, smoke=self.smoke, sandbox=self.sandbox.name,
-            max_steps=self.max_steps,
+            max_steps=self.max_steps, measured_on=self.baseline_measured_on,
         )  # fmt: skip
         obs = self._observation(None)
         info = {
             "task": self.task.id,
             "target_val_loss": self.settings.target_val_loss,
             "baseline_train_time_s": self.settings.baseline_train_time_s,
+            "baseline_measured_on": self.baseline_measured_on,
         }
         return obs, info
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Run one candidate script and report it. Never raises for what the agent sent."""
-        started = time.monotonic()
-        index = len(self.scripts)
+        return self.submit(action).result()
+
+    def submit(self, action: Any) -> StepHandle:
+        """Start a step and return at once: ``handle.result()`` gives what ``step`` would.
+
+        The action is applied now, in order, so the next action builds on it; the run happens
+        in a worker, with at most ``max_in_flight`` of this env's runs at a time.
+        """
         seeds = [int(x) for x in self.np_random.integers(2**31 - 1, size=self.settings.repeats)]
-        result, script = self._run_step(action, index, seeds, started)
-        self.scripts.append(script)
-        self.results.append(result)
-        if script is not None:
-            self.current = index
-        self._feedback = feedback.report(result, self.settings, current_step=self.current)
+        pending = self.episode.prepare(action, seeds)
+        cancel = threading.Event()
+        future = self._pool.submit(self._complete, self.episode, pending, cancel)
+        return StepHandle(future, cancel, pending.index)
+
+    def _complete(
+        self, episode: Episode, pending: Pending, cancel: threading.Event
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        result = episode.execute(pending, self.progress, cancel)
+        report = feedback.report(result, self.settings, current_step=episode.current)
+        if episode is self.episode:
+            self._feedback = report
         # Success means a verified run (under verify="full") that meets the target (with
         # repeats, significantly) faster than the baseline.
         terminated = bool(
@@ -179,15 +200,18 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             and result.reward > 0
             and (result.verdict.verified or self.settings.verify == "none")
         )
-        truncated = len(self.results) >= self.max_steps
-        return self._observation(result), result.reward, terminated, truncated, {"result": result}
+        truncated = pending.index >= self.max_steps
+        script = pending.script if pending.script is not None else episode.script
+        obs = self._observation(result, script=script, fb=report)
+        return obs, result.reward, terminated, truncated, {"result": result}
 
     def render(self) -> str | None:
         """With ``render_mode="ansi"``, the last report as text."""
         return self._feedback if self.render_mode == "ansi" else None
 
     def close(self) -> None:
-        """Release the sandbox."""
+        """Stop what is in flight and release the sandbox."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.sandbox.close()
 
     # ------------------------------------------------------------------ episode state
@@ -195,86 +219,59 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
     @property
     def script(self) -> str:
         """The current script: what the next diff applies to by default."""
-        script = self.scripts[self.current]
-        assert script is not None
-        return script
+        return self.episode.script
+
+    @property
+    def scripts(self) -> list[str | None]:
+        """The script of every step so far (index 0: the baseline; None: the action failed)."""
+        return self.episode.scripts
+
+    @property
+    def results(self) -> list[RunResult]:
+        """The results of the finished steps, in step order."""
+        return self.episode.finished
+
+    @property
+    def current(self) -> int:
+        """The step whose script the next diff applies to by default."""
+        return self.episode.current
 
     @property
     def episode_dir(self) -> Path:
         """This episode's artifact folder (made at its first step)."""
-        return self.record.path
+        return self.episode.record.path
+
+    def _pair_baseline(self, paired: bool | None, sandbox: str, env_id: str) -> str:
+        """Use this machine's own baseline numbers when they exist (or, if asked, measure them)."""
+        from nanoenv import baselines
+
+        if paired is False:
+            return f"{self.task.baseline.hardware or 'the reference machine'} (task.toml)"
+        found = baselines.load_paired(self.task, self.smoke, sandbox)
+        if found is None and paired:
+            found = baselines.measure(f"nanoenv/{self.task.id}", smoke=self.smoke, sandbox=sandbox)
+        if found is None:
+            return (
+                f"{self.task.baseline.hardware or 'the reference machine'} (task.toml; not paired)"
+            )
+        self.settings = dataclasses.replace(
+            self.settings,
+            baseline_train_time_s=found.train_time_s,
+            baseline_val_loss=found.val_loss,
+        )
+        fp = ", ".join(f"{k}={v}" for k, v in found.fingerprint.items())
+        return f"this machine (paired, fingerprint {found.fingerprint_id}: {fp}; {found.runs} runs, {found.measured_at})"
 
     def _new_episode(self, seed: int | None = None) -> None:
-        self.scripts: list[str | None] = [self.baseline]
-        self.results: list[RunResult] = []
-        self.current = 0
-        self._feedback = ""
         meta = {"task": self.task.id, "smoke": self.smoke, "seed": seed, "sandbox": self.sandbox.name,
                 "reward": self.settings.reward, "verify": self.settings.verify}  # fmt: skip
-        self.record = EpisodeRecord(self.runs_dir, self.task.name, meta)
+        record = EpisodeRecord(self.runs_dir, self.task.name, meta)
+        self.episode = Episode(self.task, self.baseline, self.runner, record)
+        self._feedback = ""
 
-    def _run_step(
-        self, action: Any, index: int, seeds: list[int], started: float
-    ) -> tuple[RunResult, str | None]:
-        """Police, run and record one step; return its result and the script it made (if any)."""
-        runner = self.runner
-        try:
-            record = self.record.step(index)
-        except OSError as e:  # a full disk, a read-only runs_dir: the environment broke
-            msg = f"could not create the step's folder under {self.record.path}: {e}"
-            return runner.failed(index, Outcome.INFRA_ERROR, msg, seeds[0], started), None
-        script: str | None = None
-        base: int | None = None
-        try:
-            try:
-                act = coerce_action(action, self.task.max_patch_bytes)
-                record.write_action(act.model_dump())
-                base = self.current if act.base is None else act.base
-                base_script = self._base_script(base, index)
-                applied = build_script(act, base_script, self.baseline, self.task)
-            except (PatchError, PolicyError) as e:
-                if not (record.path / "action.json").exists():
-                    record.write_action({"unreadable": repr(action)[:10_000]})
-                outcome = Outcome.REJECTED if isinstance(e, PolicyError) else Outcome.PATCH_FAILED
-                result = runner.failed(index, outcome, str(e), seeds[0], started)
-            else:
-                script = applied.script
-                record.write_text(self.task.script, script)
-                record.write_text("patch.diff", make_diff(base_script, script, self.task.script))
-                if (err := syntax_error(script, self.task.script)) is not None:
-                    result = runner.failed(index, Outcome.CRASHED, err, seeds[0], started)
-                else:
-                    result = runner.run(
-                        script, step=index, seeds=seeds, record=record, progress=self.progress
-                    )
-                result = result.model_copy(update={"notes": applied.notes + result.notes})
-            result = result.model_copy(update={"base": base, "artifacts_dir": str(record.path)})
-            record.finish(result)
-        except Exception as e:  # the harness broke (disk, sandbox bug): never the agent's fault
-            log.exception("step %d failed inside the harness", index)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                msg = f"the disk under {self.runs_dir} is full ({e}); free space and step again"
-            else:
-                msg = f"harness error: {e!r} (see the log of the harness)"
-            result = runner.failed(index, Outcome.INFRA_ERROR, msg, seeds[0], started)
-            result = result.model_copy(update={"base": base, "artifacts_dir": str(record.path)})
-            try:
-                record.finish(result)
-            except OSError:
-                log.exception("could not write %s", record.path)
-        return result, script
-
-    def _base_script(self, base: int, index: int) -> str:
-        if base >= index:
-            raise PatchError(
-                f"base={base} names a step that has not run; steps 0..{index - 1} exist"
-            )
-        script = self.scripts[base]
-        if script is None:
-            raise PatchError(f"step {base} made no script (its action failed); pick another base")
-        return script
-
-    def _observation(self, result: RunResult | None) -> dict[str, Any]:
+    def _observation(
+        self, result: RunResult | None, *, script: str | None = None, fb: str | None = None
+    ) -> dict[str, Any]:
         curve = np.zeros((MAX_CURVE_POINTS, 3), dtype=np.float64)
         rows = [] if result is None else result.val_curve
         if len(rows) > MAX_CURVE_POINTS:  # keep the last point, thin the rest evenly
@@ -282,11 +279,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             rows = [rows[i] for i in picks]
         for i, p in enumerate(rows):
             curve[i] = (p.step, _real(p.train_time_s), _real(p.val_loss))
-        fb = self._feedback
+        fb = self._feedback if fb is None else fb
         if len(fb) > MAX_FEEDBACK_CHARS:
             fb = fb[: MAX_FEEDBACK_CHARS - 20] + "\n[... truncated]"
         return {
-            "script": self.script,
+            "script": self.script if script is None else script,
             "feedback": fb,
             "outcome": "" if result is None else result.outcome.value,
             "val_loss": np.array(_real(None if result is None else result.val_loss)),

@@ -19,7 +19,13 @@ def _num(x: float | None, fmt: str = ".4f") -> str:
 
 
 def brief(
-    task: TaskSpec, settings: RunSettings, *, smoke: bool, sandbox: str, max_steps: int
+    task: TaskSpec,
+    settings: RunSettings,
+    *,
+    smoke: bool,
+    sandbox: str,
+    max_steps: int,
+    measured_on: str = "",
 ) -> str:
     """The task's brief: goal, target, rules, budget, and the baseline's numbers."""
     size = " (smoke size: a few-seconds version for tests)" if smoke else ""
@@ -44,7 +50,7 @@ def brief(
 
 Goal: reach val_loss <= {settings.target_val_loss:.4f} in less training time than the baseline
 ({settings.baseline_train_time_s:.1f} s, final val_loss {settings.baseline_val_loss:.4f}, measured on
-{task.baseline.hardware or "the reference machine"}). Reward: {settings.reward}.
+{measured_on or task.baseline.hardware or "the reference machine"}). Reward: {settings.reward}.
 
 Actions: a unified diff against the current script `{task.script}` (an empty string reruns it),
 or nanoenv.Action(script=...) for a whole new script, with base=k to start from step k's

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ import numpy as np
 
 from nanoenv import verify
 from nanoenv.data import Manifest, prepare, verify_dataset
-from nanoenv.errors import DataError
+from nanoenv.errors import DataError, SandboxError
+from nanoenv.gpus import GpuPool
 from nanoenv.rewards import RewardContext, get_reward
 from nanoenv.sandbox.base import Sandbox
 from nanoenv.significance import significance
@@ -144,6 +146,7 @@ class Runner:
         self.settings = settings
         self.reward_fn = get_reward(settings.reward)
         self.damaged: str | None = None
+        self._gpu_pool: GpuPool | None = None
         # A baseline without build_model (a user's own script) can only be checked at the log
         # level: its runs are timed and policed, but their models are not re-evaluated.
         self.log_only = log_only
@@ -175,18 +178,42 @@ class Runner:
             labels={"nanoenv.task": self.task.id, "nanoenv.role": "train"},
         )
 
+    def run_job(self, job: Job, on_line: Any, cancel: threading.Event | None) -> JobResult:
+        """Run a job in the sandbox, with GPUs of its own when it asks for some.
+
+        Ray picks GPUs itself; a local or docker sandbox gets k free ids from the machine's
+        pool, held until the job ends however it ends.
+        """
+        k = job.gpus if isinstance(job.gpus, int) else 0
+        if k and self.sandbox.name != "ray":
+            if self._gpu_pool is None:
+                self._gpu_pool = GpuPool()
+            try:
+                with self._gpu_pool.allocate(k, timeout_s=job.limits.timeout_s) as ids:
+                    return self.sandbox.run(job.model_copy(update={"gpus": ids}), on_line, cancel)
+            except SandboxError as e:
+                return JobResult(infra_error=str(e))
+        return self.sandbox.run(job, on_line, cancel)
+
     # ------------------------------------------------------------------ one step
 
     def run(
-        self, script: str, *, step: int, seeds: list[int], record: Any, progress: ProgressFn | None
+        self,
+        script: str,
+        *,
+        step: int,
+        seeds: list[int],
+        record: Any,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None = None,
     ) -> RunResult:
         """Run ``script`` once per seed, judge every run, and reward the step."""
         if len(seeds) == 1:
-            return self.rewarded(self.run_once(script, step, seeds[0], record, progress))
+            return self.rewarded(self.run_once(script, step, seeds[0], record, progress, cancel))
         runs = []
         for k, seed in enumerate(seeds, start=1):
             sub = record.sub(f"repeat-{k}")
-            result = self.run_once(script, step, seed, sub, progress)
+            result = self.run_once(script, step, seed, sub, progress, cancel)
             sub.finish(result)
             runs.append(result)
             if result.outcome not in (Outcome.OK, Outcome.MISSED_TARGET):
@@ -194,7 +221,13 @@ class Runner:
         return self.rewarded(self.aggregate(runs))
 
     def run_once(
-        self, script: str, step: int, seed: int, record: Any, progress: ProgressFn | None
+        self,
+        script: str,
+        step: int,
+        seed: int,
+        record: Any,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None = None,
     ) -> RunResult:
         """One run in the sandbox, judged (not yet rewarded)."""
         if self.damaged:
@@ -209,7 +242,7 @@ class Runner:
 
         record.open_log()
         try:
-            job_result = self.sandbox.run(self.job(script, seed, record.out_dir), on_line)
+            job_result = self.run_job(self.job(script, seed, record.out_dir), on_line, cancel)
         finally:
             record.close_log()
         clock = harness_time(parser.points, self.task.timing)
@@ -263,7 +296,7 @@ class Runner:
         elif self.settings.verify == "full":
             checks += timing_checks(clock, self.task.timing)
             try:
-                result, verdict = self._verify(result, script, record, checks)
+                result, verdict = self._verify(result, script, record, checks, cancel)
             except _InfraError as e:
                 return result.model_copy(update={"outcome": Outcome.INFRA_ERROR, "message": str(e)})
         else:
@@ -290,12 +323,17 @@ class Runner:
         )
 
     def _verify(
-        self, result: RunResult, script: str, record: Any, checks: list[Check]
+        self,
+        result: RunResult,
+        script: str,
+        record: Any,
+        checks: list[Check],
+        cancel: threading.Event | None = None,
     ) -> tuple[RunResult, Verdict]:
         """Re-evaluate the model in a fresh sandbox; the verified loss replaces the reported one."""
         rng = np.random.default_rng(result.seed)
         found = verify.reevaluate(
-            self.sandbox,
+            lambda job: self.run_job(job, None, cancel),
             self.task,
             script,
             record.out_dir,

@@ -26,14 +26,14 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nanoenv.data import Manifest, read_shard
-from nanoenv.sandbox.base import Sandbox
-from nanoenv.types import Check, Job, LossPoint, TaskSpec, VerifySpec
+from nanoenv.types import Check, Job, JobResult, LossPoint, TaskSpec, VerifySpec
 
 WORKER = Path(__file__).with_name("verify_worker.py")
 
@@ -184,7 +184,7 @@ class Reevaluation:
 
 
 def reevaluate(
-    sandbox: Sandbox,
+    run: Callable[[Job], JobResult],
     task: TaskSpec,
     script: str,
     run_out: Path,
@@ -192,7 +192,8 @@ def reevaluate(
     rng: np.random.Generator,
     keep_dir: Path | None = None,
 ) -> Reevaluation:
-    """Run the worker on the run's checkpoint in a fresh sandbox; score its logits here."""
+    """Run the worker on the run's checkpoint in a fresh sandbox (``run`` runs a job there);
+    score its logits here."""
     spec = task.verify
     missing = [n for n in ("model.safetensors", "model.json") if not (run_out / n).is_file()]
     if missing:
@@ -221,7 +222,7 @@ def reevaluate(
             gpus=min(task.gpus, 1),
             labels={"nanoenv.task": task.id, "nanoenv.role": "verify"},
         )
-        result = sandbox.run(job)
+        result = run(job)
         if keep_dir is not None:
             keep_dir.mkdir(parents=True, exist_ok=True)
             (keep_dir / "log.txt").write_text("\n".join(ln.text for ln in result.lines) + "\n")

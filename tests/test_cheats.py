@@ -157,7 +157,9 @@ def test_searching_for_the_hidden_tokens(honest, sandbox, request, tmp_path):
     env.close()
     log = (Path(result.artifacts_dir) / "log.txt").read_text()
     assert "FOUND []" in log
-    assert_caught(result, ok)
+    # Nothing found, nothing gained: an honest run's verified loss (rewards are not compared
+    # across sandboxes, whose start-up times differ).
+    assert result.verdict.verified and abs(result.val_loss - ok.val_loss) < 0.05
 
 
 def test_model_that_looks_at_future_tokens(honest):

@@ -18,6 +18,7 @@ from typing import IO, Protocol, runtime_checkable
 from nanoenv.types import Job, JobResult, StampedLine
 
 LineCallback = Callable[[StampedLine], None]
+CANCELLED = "cancelled by the caller"
 
 
 @runtime_checkable
@@ -26,8 +27,10 @@ class Sandbox(Protocol):
 
     name: str
 
-    def run(self, job: Job, on_line: LineCallback | None = None) -> JobResult:
-        """Run ``job`` to completion (or its deadline) and report what happened."""
+    def run(
+        self, job: Job, on_line: LineCallback | None = None, cancel: threading.Event | None = None
+    ) -> JobResult:
+        """Run ``job`` to completion (or its deadline, or until ``cancel`` is set)."""
         ...
 
     def close(self) -> None:

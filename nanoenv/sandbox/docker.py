@@ -26,6 +26,7 @@ from typing import Any
 
 from nanoenv.errors import SandboxError
 from nanoenv.sandbox.base import (
+    CANCELLED,
     LineCallback,
     LineSplitter,
     OutputPump,
@@ -230,7 +231,9 @@ class DockerSandbox:
         env.update(job.env)
         return env
 
-    def run(self, job: Job, on_line: LineCallback | None = None) -> JobResult:
+    def run(
+        self, job: Job, on_line: LineCallback | None = None, cancel: threading.Event | None = None
+    ) -> JobResult:
         """Run ``job`` in a fresh container; the container is removed whatever happens."""
         import docker.errors
 
@@ -255,7 +258,10 @@ class DockerSandbox:
                     f"{' --gpu' if self.gpu else ''}`",
                 )
             container.start()
-            return self._exec_job(client, container, job, on_line, t0)
+            result = self._exec_job(client, container, job, on_line, t0, cancel)
+            if cancel is not None and cancel.is_set():
+                result = result.model_copy(update={"infra_error": CANCELLED})
+            return result
         except SandboxError as e:
             return _infra(t0, str(e))
         except docker.errors.DockerException as e:
@@ -275,7 +281,13 @@ class DockerSandbox:
             shutil.rmtree(job_dir, ignore_errors=True)
 
     def _exec_job(
-        self, client: Any, container: Any, job: Job, on_line: LineCallback | None, t0: float
+        self,
+        client: Any,
+        container: Any,
+        job: Job,
+        on_line: LineCallback | None,
+        t0: float,
+        cancel: threading.Event | None = None,
     ) -> JobResult:
         api = client.api
         cmd = render_command(job.command, python="python3", gpus=job_gpu_count(job))
@@ -298,8 +310,13 @@ class DockerSandbox:
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        reader.join(job.limits.timeout_s)
-        timed_out = reader.is_alive()
+        deadline = time.monotonic() + job.limits.timeout_s
+        while reader.is_alive() and time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                _kill(container)
+                break
+            reader.join(0.2)
+        timed_out = reader.is_alive() and not (cancel is not None and cancel.is_set())
         if timed_out:
             _kill(container)
             reader.join(10)

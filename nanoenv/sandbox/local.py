@@ -24,11 +24,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 from nanoenv.sandbox.base import (
+    CANCELLED,
     LineCallback,
     OutputPump,
     copy_out,
@@ -254,7 +256,9 @@ class LocalSandbox:
         env.update(job.env)
         return env
 
-    def run(self, job: Job, on_line: LineCallback | None = None) -> JobResult:
+    def run(
+        self, job: Job, on_line: LineCallback | None = None, cancel: threading.Event | None = None
+    ) -> JobResult:
         """Run ``job`` in a fresh workspace; kill everything it started at its deadline."""
         job_id = uuid.uuid4().hex
         workspace = Path(tempfile.mkdtemp(prefix="nanoenv-job-"))
@@ -292,7 +296,7 @@ class LocalSandbox:
             assert proc.stdout is not None and proc.stderr is not None
             pump.start(proc.stdout, "stdout")
             pump.start(proc.stderr, "stderr")
-            exit_code, timed_out, rusage = _wait(proc, t0 + job.limits.timeout_s)
+            exit_code, timed_out, rusage = _wait(proc, t0 + job.limits.timeout_s, cancel)
             # Whatever the script left behind (children, daemons) dies with it.
             _kill_group(pgid, signal.SIGKILL)
             if (n := _kill_marked(job_id)) > 0:
@@ -311,9 +315,12 @@ class LocalSandbox:
             oom = exit_code == -signal.SIGKILL and not timed_out and not pump.truncated
             if oom or any("MemoryError" in line.text for line in pump.lines[-50:]):
                 oom = True
-            return result_from(
+            result = result_from(
                 pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes, telemetry=telemetry
             )
+            if cancel is not None and cancel.is_set():
+                result = result.model_copy(update={"infra_error": CANCELLED})
+            return result
         except OSError as e:
             log.exception("local sandbox failed")
             return JobResult(
@@ -330,7 +337,7 @@ class LocalSandbox:
 
 
 def _wait(
-    proc: subprocess.Popen[bytes], deadline: float
+    proc: subprocess.Popen[bytes], deadline: float, cancel: threading.Event | None = None
 ) -> tuple[int, bool, resource.struct_rusage]:
     """Wait for the child until ``deadline``; on time-out TERM then KILL its process group."""
     timed_out = False
@@ -338,6 +345,8 @@ def _wait(
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        if cancel is not None and cancel.is_set():
+            _kill_group(proc.pid, signal.SIGKILL)
         if time.monotonic() >= deadline and not timed_out:
             timed_out = True
             _kill_group(proc.pid, signal.SIGTERM)

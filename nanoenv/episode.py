@@ -1,0 +1,216 @@
+"""An episode's history, and one step in two halves: prepare (now) and execute (maybe later).
+
+Preparing a step is quick and happens in order: the action is read, applied to its base
+script and policed, and the episode's history learns the new script at once, so the next
+action can build on it. Executing it (the sandbox run, verification, the record) can happen in
+a worker thread: that is what lets a research loop keep several experiments in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from nanoenv.actions import build_script, coerce_action, syntax_error
+from nanoenv.errors import PatchError, PolicyError
+from nanoenv.patching import make_diff
+from nanoenv.records import EpisodeRecord, StepRecord
+from nanoenv.runner import ProgressFn, Runner
+from nanoenv.sandbox.base import CANCELLED
+from nanoenv.types import Outcome, RunResult, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A prepared step: either a script to run, or a result already decided (a bad patch)."""
+
+    index: int
+    seeds: list[int]
+    started: float
+    record: StepRecord | None
+    script: str | None = None
+    result: RunResult | None = None
+    base: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Episode:
+    """The scripts and results of one episode; thread-safe."""
+
+    def __init__(
+        self, task: TaskSpec, baseline: str, runner: Runner, record: EpisodeRecord
+    ) -> None:
+        self.task = task
+        self.runner = runner
+        self.record = record
+        self.scripts: list[str | None] = [baseline]
+        self.results: list[RunResult | None] = []
+        self.current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def baseline(self) -> str:
+        script = self.scripts[0]
+        assert script is not None
+        return script
+
+    @property
+    def script(self) -> str:
+        """The current script: what the next diff applies to by default."""
+        script = self.scripts[self.current]
+        assert script is not None
+        return script
+
+    def prepare(self, action: Any, seeds: list[int]) -> Pending:
+        """Read, apply and police an action; give it the next step number. Never raises."""
+        with self._lock:
+            index = len(self.scripts)
+            pending = Pending(index=index, seeds=seeds, started=time.monotonic(), record=None)
+            self.scripts.append(None)
+            self.results.append(None)
+            self._prepare(pending, action)
+            self.scripts[index] = pending.script
+            if pending.script is not None:
+                self.current = index
+        return pending
+
+    def _prepare(self, p: Pending, action: Any) -> None:
+        runner = self.runner
+        try:
+            p.record = self.record.step(p.index)
+        except OSError as e:  # a full disk, a read-only runs_dir: the environment broke
+            msg = f"could not create the step's folder under {self.record.path}: {e}"
+            p.result = runner.failed(p.index, Outcome.INFRA_ERROR, msg, p.seeds[0], p.started)
+            return
+        try:
+            act = coerce_action(action, self.task.max_patch_bytes)
+            p.record.write_action(act.model_dump())
+            p.base = self.current if act.base is None else act.base
+            base_script = self._base_script(p.base, p.index)
+            applied = build_script(act, base_script, self.baseline, self.task)
+        except (PatchError, PolicyError) as e:
+            if not (p.record.path / "action.json").exists():
+                p.record.write_action({"unreadable": repr(action)[:10_000]})
+            outcome = Outcome.REJECTED if isinstance(e, PolicyError) else Outcome.PATCH_FAILED
+            p.result = runner.failed(p.index, outcome, str(e), p.seeds[0], p.started)
+            return
+        except OSError as e:
+            p.result = runner.failed(
+                p.index,
+                Outcome.INFRA_ERROR,
+                _harness_message(e, self.record),
+                p.seeds[0],
+                p.started,
+            )
+            return
+        p.script, p.notes = applied.script, applied.notes
+        try:
+            p.record.write_text(self.task.script, applied.script)
+            p.record.write_text(
+                "patch.diff", make_diff(base_script, applied.script, self.task.script)
+            )
+        except OSError as e:
+            p.result = runner.failed(
+                p.index,
+                Outcome.INFRA_ERROR,
+                _harness_message(e, self.record),
+                p.seeds[0],
+                p.started,
+            )
+            return
+        if (err := syntax_error(applied.script, self.task.script)) is not None:
+            p.result = runner.failed(p.index, Outcome.CRASHED, err, p.seeds[0], p.started)
+
+    def _base_script(self, base: int, index: int) -> str:
+        if base >= index:
+            raise PatchError(
+                f"base={base} names a step that has not run; steps 0..{index - 1} exist"
+            )
+        script = self.scripts[base]
+        if script is None:
+            raise PatchError(f"step {base} made no script (its action failed); pick another base")
+        return script
+
+    def execute(
+        self, p: Pending, progress: ProgressFn | None = None, cancel: threading.Event | None = None
+    ) -> RunResult:
+        """Run a prepared step (if there is anything to run), record it, and keep its result."""
+        result = p.result
+        try:
+            if result is None:
+                assert p.script is not None and p.record is not None
+                if cancel is not None and cancel.is_set():
+                    result = self.runner.failed(
+                        p.index, Outcome.INFRA_ERROR, CANCELLED, p.seeds[0], p.started
+                    )
+                else:
+                    result = self.runner.run(p.script, step=p.index, seeds=p.seeds, record=p.record,
+                                             progress=progress, cancel=cancel)  # fmt: skip
+            result = result.model_copy(update={"notes": p.notes + result.notes})
+            if p.record is not None:
+                result = result.model_copy(
+                    update={"base": p.base, "artifacts_dir": str(p.record.path)}
+                )
+                p.record.finish(result)
+        except Exception as e:  # the harness broke (disk, sandbox bug): never the agent's fault
+            log.exception("step %d failed inside the harness", p.index)
+            result = self.runner.failed(
+                p.index,
+                Outcome.INFRA_ERROR,
+                _harness_message(e, self.record),
+                p.seeds[0],
+                p.started,
+            )
+            if p.record is not None:
+                result = result.model_copy(
+                    update={"base": p.base, "artifacts_dir": str(p.record.path)}
+                )
+                try:
+                    p.record.finish(result)
+                except OSError:
+                    log.exception("could not write %s", p.record.path)
+        with self._lock:
+            self.results[p.index - 1] = result
+        return result
+
+    @property
+    def finished(self) -> list[RunResult]:
+        """The results of the steps that have finished, in step order."""
+        with self._lock:
+            return [r for r in self.results if r is not None]
+
+
+def _harness_message(e: Exception, record: EpisodeRecord) -> str:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"the disk under {record.runs_dir} is full ({e}); free space and step again"
+    return f"harness error: {e!r} (see the log of the harness)"
+
+
+class StepHandle:
+    """A step in flight: ``done()``, ``result()`` (the five values of ``step``), ``cancel()``."""
+
+    def __init__(self, future: Future, cancel_event: threading.Event, index: int) -> None:
+        self._future = future
+        self._cancel = cancel_event
+        self.index = index
+
+    def done(self) -> bool:
+        """True once the step has finished (in any way)."""
+        return self._future.done()
+
+    def result(
+        self, timeout: float | None = None
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """Wait for the step; return ``(observation, reward, terminated, truncated, info)``."""
+        return self._future.result(timeout)
+
+    def cancel(self) -> None:
+        """Stop the step: its run is killed and it ends as infra_error (no cost)."""
+        self._cancel.set()

@@ -1,0 +1,270 @@
+"""Scale-out: steps in flight, Ray as the engine, GPUs never shared, paired baselines, failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+
+import nanoenv  # noqa: F401
+from nanoenv import Action, Outcome
+from nanoenv.errors import SandboxError
+from nanoenv.gpus import GpuPool
+from nanoenv.tasks import baseline_script, load_task
+from nanoenv.types import Job, Limits
+
+BASELINE = baseline_script(load_task("tiny"))
+MAIN = "def main():\n"
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _tagged(tag: str) -> list[tuple[int, str]]:
+    """(pid, NANOENV_HARNESS_PID) of live processes whose command line holds ``tag``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            if tag.encode() not in cmd:
+                continue
+            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        owner = next(
+            (e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"NANOENV_HARNESS_PID=")), ""
+        )
+        found.append((int(entry.name), owner))
+    return found
+
+
+def sleeper(tag: str, seconds: int = 120) -> Action:
+    """The baseline, but it prints step 0 and then sleeps, with a tag in a child's command line."""
+    code = f"""
+    import subprocess, sys
+    log_line(0, 1, 0.0, "val_loss", 5.5, 0)
+    subprocess.run([sys.executable, "-c", "import time; time.sleep({seconds})", "{tag}"])
+    """
+    return Action(
+        script=BASELINE.replace(MAIN, MAIN + textwrap.indent(textwrap.dedent(code), "    "), 1)
+    )
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def test_submit_returns_at_once_and_results_arrive(make_env):
+    """submit() returns a handle before the run ends; result() gives step()'s five values."""
+    env = make_env()
+    env.reset(seed=0)
+    t = time.monotonic()
+    handle = env.unwrapped.submit("")
+    assert time.monotonic() - t < 2 and not handle.done()
+    obs, reward, _terminated, _truncated, info = handle.result(timeout=120)
+    assert handle.done() and info["result"].outcome is Outcome.OK
+    assert obs["outcome"] == "ok" and reward == info["result"].reward
+
+
+def test_cancel_stops_the_run_and_costs_nothing(make_env):
+    """cancel() kills a running step: infra_error, reward 0, no process left behind."""
+    env = make_env()
+    env.reset(seed=0)
+    handle = env.unwrapped.submit(sleeper("nanoenv-cancel-probe"))
+    assert _wait_for(lambda: _tagged("nanoenv-cancel-probe"), 60)
+    handle.cancel()
+    _obs, reward, *_, info = handle.result(timeout=30)
+    assert info["result"].outcome is Outcome.INFRA_ERROR and reward == 0.0
+    assert "cancelled" in info["result"].message
+    assert _wait_for(lambda: not _tagged("nanoenv-cancel-probe"), 10)
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def test_gpu_pool_never_shares_between_threads(tmp_path):
+    """Jobs asking for 2 of 4 GPUs at once get disjoint ids, and get them back afterwards."""
+    pool = GpuPool(ids=[0, 1, 2, 3], lock_dir=tmp_path)
+    held: list[set[int]] = []
+    overlap = []
+    lock = threading.Lock()
+
+    def job():
+        with pool.allocate(2, timeout_s=30) as ids:
+            with lock:
+                overlap.extend(set(ids) & h for h in held)
+                held.append(set(ids))
+            time.sleep(0.2)
+            with lock:
+                held.remove(set(ids))
+
+    threads = [threading.Thread(target=job) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not any(overlap)
+    with pool.allocate(4, timeout_s=1) as ids:
+        assert sorted(ids) == [0, 1, 2, 3]  # all released
+
+
+def test_gpus_held_by_a_crashed_process_are_released(tmp_path):
+    """Another process holding GPUs blocks them; killing it frees them at once."""
+    code = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from nanoenv.gpus import GpuPool
+        ids, _ = GpuPool(ids=[0, 1, 2, 3], lock_dir=Path({str(tmp_path)!r})).acquire(3)
+        print(sorted(ids), flush=True)
+        time.sleep(300)
+        """
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "[0, 1, 2]"
+        pool = GpuPool(ids=[0, 1, 2, 3], lock_dir=tmp_path)
+        with pytest.raises(SandboxError, match="no 2 free GPUs"):
+            pool.acquire(2, timeout_s=1)
+        holder.kill()
+        holder.wait()
+        with pool.allocate(4, timeout_s=5) as ids:
+            assert sorted(ids) == [0, 1, 2, 3]
+    finally:
+        holder.kill()
+
+
+def test_jobs_get_their_own_gpu_ids(make_env, monkeypatch, tmp_path):
+    """Through the runner, two jobs asking for 2 GPUs each see disjoint CUDA_VISIBLE_DEVICES."""
+    monkeypatch.setenv("NANOENV_GPU_IDS", "0,1,2,3")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a private lock folder for this test
+    runner = make_env().unwrapped.runner
+    code = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(1)"
+    job = Job(
+        files={"main.py": code},
+        command=["{python}", "main.py"],
+        gpus=2,
+        limits=Limits(timeout_s=30),
+    )
+    seen: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(runner.run_job(job, None, None).lines[0].text))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b = ({int(i) for i in s.split(",")} for s in seen)
+    assert len(a) == len(b) == 2 and not a & b
+
+
+def test_asking_for_more_gpus_than_there_are(make_env, monkeypatch):
+    """A job asking for more GPUs than the machine has is an infra error that says so."""
+    monkeypatch.setenv("NANOENV_GPU_IDS", "0")
+    runner = make_env().unwrapped.runner
+    job = Job(
+        files={"main.py": "print(1)"},
+        command=["{python}", "main.py"],
+        gpus=2,
+        limits=Limits(timeout_s=30),
+    )
+    assert "asks for 2 GPUs; this machine has 1" in runner.run_job(job, None, None).infra_error
+
+
+# --------------------------------------------------------------------------- paired baselines
+
+
+def test_paired_baseline_is_measured_cached_and_reported(tiny_data, tmp_path, monkeypatch):
+    """The baseline timed here is cached by fingerprint; envs then compare against it and say so."""
+    from nanoenv import baselines
+
+    shutil.copytree(tiny_data, tmp_path / "cache" / "datasets" / tiny_data.name)
+    monkeypatch.setenv("NANOENV_CACHE_DIR", str(tmp_path / "cache"))
+    paired = baselines.measure(
+        "nanoenv/Speedrun-Tiny-v0", smoke=True, runs=2, runs_dir=tmp_path / "runs"
+    )
+    assert paired.runs == 2 and paired.fingerprint["cpu"] and paired.fingerprint["torch"]
+    cached = list((tmp_path / "cache" / "baselines").rglob("*.json"))
+    assert [p.stem for p in cached] == [paired.fingerprint_id]
+    env = gym.make(
+        "nanoenv/Speedrun-Tiny-v0", smoke=True, runs_dir=tmp_path / "runs", disable_env_checker=True
+    )
+    obs, info = env.reset(seed=0)
+    assert info["baseline_train_time_s"] == pytest.approx(paired.train_time_s)
+    assert f"paired, fingerprint {paired.fingerprint_id}" in info["baseline_measured_on"]
+    assert paired.fingerprint_id in obs["feedback"]
+    unpaired = gym.make(
+        "nanoenv/Speedrun-Tiny-v0", smoke=True, paired_baseline=False, disable_env_checker=True
+    )
+    assert (
+        unpaired.reset(seed=0)[1]["baseline_train_time_s"]
+        == load_task("tiny").smoke.baseline_train_time_s
+    )
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster, as CI runs it: 2 CPUs, a small object store."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
+             log_to_driver=False, ignore_reinit_error=True)  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+def test_four_smoke_jobs_on_a_local_ray_cluster(ray_cluster, tiny_data, tmp_path):
+    """Four steps in flight through sandbox="ray": each verified, lines streamed back live."""
+    points: list[tuple[int, int]] = []
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox="ray", max_in_flight=4, runs_dir=tmp_path,
+                   disable_env_checker=True, progress=lambda step, p: points.append((step, p.step)))  # fmt: skip
+    env.reset(seed=0)
+    patches = sorted((Path(__file__).resolve().parents[1] / "examples" / "patches").glob("*.diff"))[
+        :3
+    ]
+    handles = [env.unwrapped.submit(Action(diff="", base=0))]
+    handles += [env.unwrapped.submit(Action(diff=p.read_text(), base=0)) for p in patches]
+    results = [h.result(timeout=600)[4]["result"] for h in handles]
+    env.close()
+    assert [r.outcome for r in results].count(Outcome.INFRA_ERROR) == 0, [
+        r.message for r in results
+    ]
+    assert all(r.verdict.verified for r in results)
+    assert {step for step, _ in points} == {1, 2, 3, 4}
+
+
+def test_a_killed_ray_worker_is_an_infra_error_and_the_rest_go_on(ray_cluster, tiny_data, tmp_path):
+    """Kill the Ray worker running one step: that step is infra_error, nothing it ran is left,
+    and the step running beside it finishes normally."""
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox="ray", max_in_flight=2, runs_dir=tmp_path,
+                   disable_env_checker=True)  # fmt: skip
+    env.reset(seed=0)
+    doomed = env.unwrapped.submit(sleeper("nanoenv-ray-doomed"))
+    fine = env.unwrapped.submit(Action(diff="", base=0))
+    assert _wait_for(lambda: _tagged("nanoenv-ray-doomed"), 90)
+    (_, worker), *_ = _tagged("nanoenv-ray-doomed")
+    os.kill(int(worker), signal.SIGKILL)
+    lost = doomed.result(timeout=120)[4]["result"]
+    assert lost.outcome is Outcome.INFRA_ERROR and lost.reward == 0.0
+    assert _wait_for(lambda: not _tagged("nanoenv-ray-doomed"), 15)
+    assert fine.result(timeout=300)[4]["result"].outcome is Outcome.OK
+    env.close()
