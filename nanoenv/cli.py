@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -123,14 +122,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     episode_dir = env.unwrapped.episode_dir
     try:
         from nanoenv.plots import plot_curves
+        from nanoenv.report import write_report
 
+        report = write_report(episode_dir, target=env.unwrapped.settings.target_val_loss)
         png = plot_curves(
             rows,
             episode_dir / "loss_curves.png",
             target=env.unwrapped.settings.target_val_loss,
             title=f"{args.env}: loss against training time",
         )
-        print(f"\nLoss curves: {png}")
+        print(f"\nLoss curves: {png}\nReport (open in a browser): {report}")
     except ImportError:
         print("\n(install nanoenv[plots] for a loss-curve PNG)")
     print(f"Artifacts of every step: {episode_dir}")
@@ -201,28 +202,6 @@ def cmd_data(args: argparse.Namespace) -> int:
         )
     else:
         print(data.dataset_root(data._canonical(args.name)))
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    """List the episodes and steps under a runs folder."""
-    from nanoenv.records import load_result
-
-    root = Path(args.runs_dir)
-    episodes = sorted(p for p in root.glob("*") if (p / "episode.json").exists())
-    if not episodes:
-        print(f"no episodes under {root}")
-        return 0
-    for ep in episodes:
-        meta = json.loads((ep / "episode.json").read_text())
-        print(f"{ep.name}  task={meta.get('task')}  smoke={meta.get('smoke')}")
-        for step_dir in sorted(ep.glob("step-*")):
-            r = load_result(step_dir)
-            if r is None:
-                print(f"  {step_dir.name}  interrupted (no result.json)")
-            else:
-                print(f"  {step_dir.name}  {r.outcome.value:<14} val_loss {_fmt(r.val_loss, '.4f'):>7}  "
-                      f"train {_fmt(r.train_time_s, '.2f'):>6} s  reward {r.reward:+.4f}")  # fmt: skip
     return 0
 
 
@@ -354,11 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name")
     data.set_defaults(func=cmd_data)
 
-    runs = sub.add_parser("runs", help="look at recorded runs")
-    rsub = runs.add_subparsers(dest="runs_cmd", required=True)
-    lst = rsub.add_parser("list", help="list episodes and their steps")
-    lst.add_argument("--runs-dir", default="nanoenv-runs")
-    runs.set_defaults(func=cmd_runs)
+    from nanoenv.runs_cli import add_parsers
+
+    add_parsers(sub)
 
     sandbox = sub.add_parser("sandbox", help="the Docker sandbox: build images, clean up")
     ssub = sandbox.add_subparsers(dest="sandbox_cmd", required=True)

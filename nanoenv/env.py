@@ -22,6 +22,7 @@ from nanoenv.records import EpisodeRecord
 from nanoenv.runner import ProgressFn, Runner, RunSettings
 from nanoenv.sandbox import Sandbox, make_sandbox
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
+from nanoenv.store import RunStore
 from nanoenv.tasks import baseline_script, load_task, smoke_task
 from nanoenv.types import Action, Outcome, RunResult
 
@@ -264,9 +265,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     def _new_episode(self, seed: int | None = None) -> None:
         meta = {"task": self.task.id, "smoke": self.smoke, "seed": seed, "sandbox": self.sandbox.name,
-                "reward": self.settings.reward, "verify": self.settings.verify}  # fmt: skip
+                "reward": self.settings.reward, "verify": self.settings.verify,
+                "repeats": self.settings.repeats, "fingerprint": self.baseline_measured_on}  # fmt: skip
         record = EpisodeRecord(self.runs_dir, self.task.name, meta)
-        self.episode = Episode(self.task, self.baseline, self.runner, record)
+        store = RunStore(self.runs_dir)
+        self.episode = Episode(self.task, self.baseline, self.runner, record, store)
         self._feedback = ""
 
     def _observation(

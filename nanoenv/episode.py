@@ -22,6 +22,7 @@ from nanoenv.patching import make_diff
 from nanoenv.records import EpisodeRecord, StepRecord
 from nanoenv.runner import ProgressFn, Runner
 from nanoenv.sandbox.base import CANCELLED
+from nanoenv.store import RunStore
 from nanoenv.types import Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,24 @@ class Pending:
     result: RunResult | None = None
     base: int | None = None
     notes: list[str] = field(default_factory=list)
+    action: dict[str, Any] = field(default_factory=dict)
 
 
 class Episode:
     """The scripts and results of one episode; thread-safe."""
 
     def __init__(
-        self, task: TaskSpec, baseline: str, runner: Runner, record: EpisodeRecord
+        self,
+        task: TaskSpec,
+        baseline: str,
+        runner: Runner,
+        record: EpisodeRecord,
+        store: RunStore | None = None,
     ) -> None:
         self.task = task
         self.runner = runner
         self.record = record
+        self.store = store
         self.scripts: list[str | None] = [baseline]
         self.results: list[RunResult | None] = []
         self.current = 0
@@ -76,6 +84,11 @@ class Episode:
             self.scripts.append(None)
             self.results.append(None)
             self._prepare(pending, action)
+            folder = str(pending.record.path) if pending.record else None
+            self._index(
+                "begin", episode=self.record.episode_id, step=index, meta=self.record.meta,
+                action=pending.action, artifacts_dir=folder,
+            )  # fmt: skip
             self.scripts[index] = pending.script
             if pending.script is not None:
                 self.current = index
@@ -91,13 +104,15 @@ class Episode:
             return
         try:
             act = coerce_action(action, self.task.max_patch_bytes)
-            p.record.write_action(act.model_dump())
+            p.action = act.model_dump()
+            p.record.write_action(p.action)
             p.base = self.current if act.base is None else act.base
             base_script = self._base_script(p.base, p.index)
             applied = build_script(act, base_script, self.baseline, self.task)
         except (PatchError, PolicyError) as e:
             if not (p.record.path / "action.json").exists():
-                p.record.write_action({"unreadable": repr(action)[:10_000]})
+                p.action = {"unreadable": repr(action)[:10_000]}
+                p.record.write_action(p.action)
             outcome = Outcome.REJECTED if isinstance(e, PolicyError) else Outcome.PATCH_FAILED
             p.result = runner.failed(p.index, outcome, str(e), p.seeds[0], p.started)
             return
@@ -178,7 +193,26 @@ class Episode:
                     log.exception("could not write %s", p.record.path)
         with self._lock:
             self.results[p.index - 1] = result
+        self._index("finish", episode=self.record.episode_id, result=result)
+        try:
+            self.record.append_trajectory({
+                "step": p.index, "action": p.action, "outcome": result.outcome.value,
+                "reward": result.reward, "val_loss": result.val_loss,
+                "train_time_s": result.train_time_s, "seed": result.seed,
+                "script_sha256": result.script_sha256,
+            })  # fmt: skip
+        except OSError:
+            log.exception("could not append to the trajectory of %s", self.record.path)
         return result
+
+    def _index(self, what: str, **kwargs: Any) -> None:
+        """Write to the run store; a store that fails costs the index a row, never the step."""
+        if self.store is None:
+            return
+        try:
+            getattr(self.store, what)(**kwargs)
+        except Exception:
+            log.exception("the run store %s could not be written", self.store.path)
 
     @property
     def finished(self) -> list[RunResult]:

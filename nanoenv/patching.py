@@ -3,7 +3,8 @@
 A patch is a unified diff against the task's one script, with git-style (``a/train.py``,
 ``b/train.py``) or plain (``train.py``) headers, or bare ``@@`` hunks with no header at all.
 Hunks are located the way GNU patch does it, exact context first at the stated line and then
-at the nearest offset; failing that, ignoring trailing whitespace. Hunk headers whose line
+at the nearest offset; failing that, ignoring trailing whitespace; failing that, with fuzz 1
+or 2 (a context line or two dropped at each end of the hunk), noted in the step's feedback. Hunk headers whose line
 counts are wrong (common in hand- or model-written diffs) are read by their body instead.
 
 Errors come in two kinds: :class:`PatchError` (the diff is malformed or does not apply,
@@ -184,6 +185,38 @@ def _closest(lines: list[str], block: list[str], want: int) -> str:
     return ""
 
 
+def _trim(hunk: Hunk, fuzz: int) -> tuple[list[str], list[str]] | None:
+    """The hunk with up to ``fuzz`` context lines dropped at each end (GNU patch's fuzz)."""
+    body = list(hunk.lines)
+    for _ in range(fuzz):
+        if body and body[0][0] == " ":
+            body.pop(0)
+        if body and body[-1][0] == " ":
+            body.pop()
+    if not any(tag == " " for tag, _ in body) and not any(tag == "-" for tag, _ in body):
+        return None  # nothing left to anchor on
+    return [t for tag, t in body if tag in " -"], [t for tag, t in body if tag in " +"]
+
+
+def _locate(
+    lines: list[str], hunk: Hunk, want: int, lo: int
+) -> tuple[int, list[str], list[str], str] | None:
+    """Where a hunk applies: exactly, ignoring trailing whitespace, or with fuzz 1 or 2 (fewer
+    context lines at its ends, as GNU patch does). Returns (position, old, new, how)."""
+    for fuzz in (0, 1, 2):
+        trimmed = (hunk.old, hunk.new) if fuzz == 0 else _trim(hunk, fuzz)
+        if trimmed is None:
+            break
+        old, new = trimmed
+        for strip in (False, True):
+            pos = _find(lines, old, want + (len(hunk.old) - len(old)) // 2, lo, strip=strip)
+            if pos is not None:
+                how = " ".join(filter(None, ("ignoring trailing whitespace" if strip else "",
+                                             f"with fuzz {fuzz}" if fuzz else "")))  # fmt: skip
+                return pos, old, new, how
+    return None
+
+
 def apply_diff(source: str, diff: str, script_name: str) -> Applied:
     """Apply a unified diff to the script ``script_name`` whose text is ``source``.
 
@@ -221,12 +254,8 @@ def apply_diff(source: str, diff: str, script_name: str) -> Applied:
             pos = min(max(hunk.old_start + offset, lo), len(lines))
         else:
             want = hunk.old_start - 1 + offset
-            pos = _find(lines, old, want, lo, strip=False)
-            if pos is None:
-                pos = _find(lines, old, want, lo, strip=True)
-                if pos is not None:
-                    notes.append(f"hunk {k} matched only when ignoring trailing whitespace")
-            if pos is None:
+            found = _locate(lines, hunk, want, lo)
+            if found is None:
                 raise PatchError(
                     f"hunk {k} of {len(patch.hunks)} ({hunk.header}) does not apply: its "
                     f"{len(old)} context and removed lines are not in {script_name}"
@@ -234,6 +263,9 @@ def apply_diff(source: str, diff: str, script_name: str) -> Applied:
                     + "."
                     + _closest(lines, old, want)
                 )
+            pos, old, new, how = found
+            if how:
+                notes.append(f"hunk {k} matched {how}")
             if pos != want:
                 notes.append(f"hunk {k} applied at line {pos + 1} (offset {pos - want:+d} lines)")
         lines[pos : pos + len(old)] = new

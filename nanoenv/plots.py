@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from nanoenv.types import RunResult
@@ -51,7 +52,7 @@ def plot_curves(
             ax.plot(*zip(*train, strict=True), alpha=0.3, linewidth=1, color=color)
     if target is not None:
         ax.axhline(target, linestyle="--", color="gray", linewidth=1, label=f"target {target:.4f}")
-    ax.set_xlabel("training time (s)")
+    ax.set_xlabel("training time as the script reported it (s)")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -62,6 +63,64 @@ def plot_curves(
         finite = [x for x in lows if x == x and x != float("inf")]
         if finite:
             ax.set_ylim(min(min(finite), target) - 0.05, min(max(finite), target + 1.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(
+    points: list[tuple[str, float, float]],
+    path: Path,
+    *,
+    target: float | None = None,
+    title: str = "",
+) -> Path:
+    """Every run as a point of (training time, val loss), and the Pareto frontier as a staircase.
+
+    Args:
+        points: (label, time in seconds, val loss) of each run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nanoenv.store import pareto
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    rows = [{"label": lab, "t": t, "loss": v} for lab, t, v in points if t == t and v == v]
+    ax.scatter(
+        [r["t"] for r in rows],
+        [r["loss"] for r in rows],
+        s=18,
+        color="tab:gray",
+        alpha=0.7,
+        label="runs",
+    )
+    front = pareto(rows, time_key="t", loss_key="loss")
+    if front:
+        xs, ys = [front[0]["t"]], [front[0]["loss"]]
+        for a, b in itertools.pairwise(front):  # a staircase: each point holds until beaten
+            xs += [b["t"], b["t"]]
+            ys += [a["loss"], b["loss"]]
+        ax.plot(xs, ys, color="tab:red", linewidth=1.5, label="frontier")
+        for r in front:
+            ax.annotate(
+                r["label"],
+                (r["t"], r["loss"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+    if target is not None:
+        ax.axhline(target, linestyle="--", color="gray", linewidth=1, label=f"target {target:.4f}")
+    ax.set_xlabel("training time by the harness clock (s)")
+    ax.set_ylabel("val loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path)

@@ -2,7 +2,9 @@
 
 Layout::
 
-    <runs_dir>/<episode_id>/episode.json
+    <runs_dir>/runs.sqlite                           the index of every step (nanoenv.store)
+    <runs_dir>/<episode_id>/episode.json             task, seed, sandbox, reward, verify
+    <runs_dir>/<episode_id>/trajectory.jsonl         one line per finished step (replayable)
     <runs_dir>/<episode_id>/step-0001/action.json   what the agent sent
                                       script.py     the script that ran (if one did)
                                       log.txt       the full output, as it arrived
@@ -25,6 +27,7 @@ from typing import IO, Any
 from nanoenv.types import RunResult, StampedLine
 
 RESULT = "result.json"
+TRAJECTORY = "trajectory.jsonl"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -112,15 +115,23 @@ class EpisodeRecord:
         """The episode folder."""
         return self.runs_dir / self.episode_id
 
-    def step(self, index: int) -> StepRecord:
-        """Create the folder of step ``index``."""
+    def _make(self) -> None:
         if not self._made:
             self.path.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                self.path / "episode.json", {"episode_id": self.episode_id, **self.meta}
-            )
+            meta = {"episode_id": self.episode_id, **self.meta}
+            write_json_atomic(self.path / "episode.json", meta)
             self._made = True
+
+    def step(self, index: int) -> StepRecord:
+        """Create the folder of step ``index``."""
+        self._make()
         return StepRecord(self.path / f"step-{index:04d}")
+
+    def append_trajectory(self, line: dict[str, Any]) -> None:
+        """Add one finished step to ``trajectory.jsonl`` (what ``nanoenv replay`` reads)."""
+        self._make()
+        with open(self.path / TRAJECTORY, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, default=str) + "\n")
 
 
 def load_result(step_dir: Path) -> RunResult | None:

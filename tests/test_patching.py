@@ -162,3 +162,19 @@ def test_protected_regions_guarded(candidate, match):
     """Changing, unbalancing, deleting or duplicating a protected region is refused."""
     with pytest.raises(PolicyError, match=match):
         check_protected(PROTECTED, candidate, ["data"])
+
+
+def test_fuzz_drops_a_stale_context_line():
+    """A hunk whose outer context line changed still applies with fuzz 1, noted."""
+    source = SOURCE.replace("line 18\n", "line eighteen\n")
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -18,5 +18,5 @@\n line 18\n line 19\n-line 20\n+line twenty\n line 21\n line 22\n"
+    applied = apply_diff(source, diff, "train.py")
+    assert "line twenty\n" in applied.script and "line eighteen\n" in applied.script
+    assert any("fuzz 1" in n for n in applied.notes)
+
+
+def test_fuzz_never_applies_a_hunk_with_no_anchor_left():
+    """Fuzz stops where a hunk would keep no context or removed line to anchor it."""
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -5,2 +5,3 @@\n nowhere a\n+new\n nowhere b\n"
+    with pytest.raises(PatchError, match="does not apply"):
+        apply_diff(SOURCE, diff, "train.py")

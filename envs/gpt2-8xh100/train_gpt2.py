@@ -192,7 +192,9 @@ def evaluate(model, val_tokens, batch_size, device, rank, world):
     for i in range(rank * batch_size, len(x_all), world * batch_size):
         x, y = x_all[i : i + batch_size].to(device), y_all[i : i + batch_size].to(device)
         logits = model(x).float()
-        total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum").double()
+        total += F.cross_entropy(
+            logits.view(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
+        ).double()
     if world > 1:
         dist.all_reduce(total)
     model.train()
@@ -201,11 +203,15 @@ def evaluate(model, val_tokens, batch_size, device, rank, world):
 
 # --- nanoenv: protected end [data] ---
 
+
 # --- nanoenv: protected begin [log] ---
 def log_line(step, total, train_time_ms, key, value, tokens):
     """One line of the speedrun's log protocol; the harness reads these."""
     step_avg = train_time_ms / max(step, 1)
-    print(f"step:{step}/{total} {key}:{value:.4f} train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens:{tokens}", flush=True)
+    print(
+        f"step:{step}/{total} {key}:{value:.4f} train_time:{train_time_ms:.0f}ms step_avg:{step_avg:.2f}ms tokens:{tokens}",
+        flush=True,
+    )
 
 
 # --- nanoenv: protected end [log] ---
@@ -243,25 +249,39 @@ def main():
     if device.type == "cuda" and args.compile:
         model = torch.compile(model)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
     if master:
         n_params = sum(p.numel() for p in raw_model.parameters())
-        print(f"model: {n_params / 1e6:.2f}M parameters, {world} process(es) on {device.type}", flush=True)
+        print(
+            f"model: {n_params / 1e6:.2f}M parameters, {world} process(es) on {device.type}",
+            flush=True,
+        )
 
     decay = [p for p in raw_model.parameters() if p.dim() >= 2]
     no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=args.learning_rate,
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
     tokens_per_micro = args.device_batch_size * args.seq_len * world
-    assert args.total_batch_tokens % tokens_per_micro == 0, "total_batch_tokens must be a multiple of micro-batches"
+    assert args.total_batch_tokens % tokens_per_micro == 0, (
+        "total_batch_tokens must be a multiple of micro-batches"
+    )
     grad_accum = args.total_batch_tokens // tokens_per_micro
-    train_loader = DistributedDataLoader(os.path.join(data_dir, "train_*.bin"), args.device_batch_size, args.seq_len, rank, world)
+    train_loader = DistributedDataLoader(
+        os.path.join(data_dir, "train_*.bin"), args.device_batch_size, args.seq_len, rank, world
+    )
     val_tokens = load_shard(sorted(glob.glob(os.path.join(data_dir, "val_*.bin")))[0])
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
 
     # Warm-up (compilation) happens before the step-0 val line: the speedrun leaves it untimed.
     # It runs forward and backward once and throws the gradients away: no update is made.
@@ -271,7 +291,9 @@ def main():
             logits = model(x.to(device))
         F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.to(device).view(-1)).backward()
         optimizer.zero_grad(set_to_none=True)
-        train_loader = DistributedDataLoader(os.path.join(data_dir, "train_*.bin"), args.device_batch_size, args.seq_len, rank, world)
+        train_loader = DistributedDataLoader(
+            os.path.join(data_dir, "train_*.bin"), args.device_batch_size, args.seq_len, rank, world
+        )
 
     # The clock runs only while training: validation is not timed (the speedrun's rule).
     training_time_ms = 0.0
@@ -286,7 +308,14 @@ def main():
             with autocast:
                 val_loss = evaluate(model, val_tokens, args.device_batch_size, device, rank, world)
             if master:
-                log_line(step, args.num_iterations, training_time_ms, "val_loss", val_loss, step * args.total_batch_tokens)
+                log_line(
+                    step,
+                    args.num_iterations,
+                    training_time_ms,
+                    "val_loss",
+                    val_loss,
+                    step * args.total_batch_tokens,
+                )
             sync()
             t0 = time.perf_counter()
         if last_step:
@@ -299,7 +328,9 @@ def main():
                 model.require_backward_grad_sync = micro == grad_accum - 1
             with autocast:
                 logits = model(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / grad_accum
+            loss = (
+                F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / grad_accum
+            )
             loss.backward()
         torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
         for group in optimizer.param_groups:
@@ -310,7 +341,14 @@ def main():
         if master and (step + 1) % args.train_log_every == 0:
             sync()
             now_ms = training_time_ms + 1000 * (time.perf_counter() - t0)
-            log_line(step + 1, args.num_iterations, now_ms, "train_loss", loss.item() * grad_accum, (step + 1) * args.total_batch_tokens)
+            log_line(
+                step + 1,
+                args.num_iterations,
+                now_ms,
+                "train_loss",
+                loss.item() * grad_accum,
+                (step + 1) * args.total_batch_tokens,
+            )
 
     if master:
         from safetensors.torch import save_model
@@ -320,7 +358,10 @@ def main():
         with open(os.path.join(out_dir, "model.json"), "w") as f:
             json.dump(asdict(config), f)
         if device.type == "cuda":
-            print(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB", flush=True)
+            print(
+                f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB",
+                flush=True,
+            )
         print(f"saved model to {out_dir}", flush=True)
     if world > 1:
         dist.barrier()

@@ -1,0 +1,78 @@
+"""An HTML report of an episode: the steps, their numbers, the loss curves and the frontier.
+
+One self-contained file (images embedded), written beside the episode's artifacts, that opens in
+any browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from nanoenv.records import load_result
+from nanoenv.types import RunResult
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "&ndash;" if x is None else format(x, spec)
+
+
+def episode_results(episode_dir: Path) -> list[RunResult]:
+    """The finished steps of an episode folder, in step order."""
+    found = (load_result(p) for p in sorted(episode_dir.glob("step-*")))
+    return [r for r in found if r is not None]
+
+
+def write_report(episode_dir: Path, *, target: float | None = None) -> Path:
+    """Write ``report.html`` (and its two plots) into the episode folder; return its path."""
+    from nanoenv.plots import plot_curves, plot_frontier
+
+    meta = json.loads((episode_dir / "episode.json").read_text())
+    results = episode_results(episode_dir)
+    labels = [f"step {r.step}" for r in results]
+    curves = plot_curves(list(zip(labels, results, strict=True)), episode_dir / "loss_curves.png",
+                         target=target, title="loss against training time")  # fmt: skip
+    points = [(lab, r.train_time_s, r.val_loss) for lab, r in zip(labels, results, strict=True)
+              if r.train_time_s is not None and r.val_loss is not None and r.verdict.verified]  # fmt: skip
+    frontier = plot_frontier(points, episode_dir / "frontier.png", target=target,
+                             title="verified runs: training time against val loss")  # fmt: skip
+    rows = "\n".join(
+        f"<tr class='{r.outcome.value}'><td>{r.step}</td><td>{'' if r.base is None else r.base}</td>"
+        f"<td>{r.outcome.value}</td><td>{_fmt(r.val_loss, '.4f')}</td><td>{_fmt(r.hidden_val_loss, '.4f')}</td>"
+        f"<td>{_fmt(r.train_time_s, '.2f')}</td><td>{r.reward:+.4f}</td>"
+        f"<td>{'yes' if r.verdict.verified else 'no'}</td><td>{html.escape(r.message[:160])}</td></tr>"
+        for r in results
+    )  # fmt: skip
+    title = (
+        f"nanoenv: {html.escape(str(meta.get('task')))}, episode {html.escape(episode_dir.name)}"
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fff; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; font-size: 14px; }}
+th {{ background: #eef; }}
+tr.ok td {{ background: #e7f6e7; }} tr.rejected td, tr.crashed td {{ background: #fbe9e9; }}
+img {{ max-width: 48%; margin-right: 1%; border: 1px solid #ddd; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>{len(results)} steps; seed {meta.get("seed")}; sandbox {html.escape(str(meta.get("sandbox")))};
+verify {html.escape(str(meta.get("verify")))}; reward {html.escape(str(meta.get("reward")))}.</p>
+<table><tr><th>step</th><th>base</th><th>outcome</th><th>val loss</th><th>hidden val loss</th>
+<th>time (s)</th><th>reward</th><th>verified</th><th>message</th></tr>
+{rows}
+</table>
+<div>{_img(curves)}{_img(frontier)}</div>
+</body></html>
+"""
+    out = episode_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out

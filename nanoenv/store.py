@@ -1,0 +1,163 @@
+"""The run store: an SQLite index of every step, beside the artifact folders it points to.
+
+One row per step, written when the step starts (``running``) and completed when it ends, so a
+step whose process was killed shows as ``interrupted`` (its owner is gone), never as missing.
+Many processes may write at once (vector envs): the database runs in WAL mode with a busy
+timeout. It lives at ``<runs_dir>/runs.sqlite``; ``nanoenv runs`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from nanoenv.types import RunResult
+
+DB_NAME = "runs.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS steps (
+    episode TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    smoke INTEGER NOT NULL,
+    sandbox TEXT,
+    status TEXT NOT NULL,          -- running, finished (interrupted is read off a dead owner)
+    owner TEXT,                    -- host:pid of the process that runs it
+    started_at REAL,
+    finished_at REAL,
+    action TEXT,                   -- JSON, as the agent sent it
+    base INTEGER,
+    script_sha256 TEXT,
+    seed INTEGER,
+    outcome TEXT,
+    reward REAL,
+    val_loss REAL,
+    hidden_val_loss REAL,
+    train_time_s REAL,
+    verified INTEGER,
+    fingerprint TEXT,
+    artifacts_dir TEXT,
+    PRIMARY KEY (episode, step)
+);
+"""
+COLUMNS = ("episode", "step", "task", "smoke", "sandbox", "status", "owner", "started_at", "finished_at",
+           "action", "base", "script_sha256", "seed", "outcome", "reward", "val_loss", "hidden_val_loss",
+           "train_time_s", "verified", "fingerprint", "artifacts_dir")  # fmt: skip
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str | None) -> bool:
+    host, _, pid = (owner or "").partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's: not ours to judge
+    return os.path.exists(f"/proc/{pid}")
+
+
+class RunStore:
+    """The SQLite index of a runs folder."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.path = Path(runs_dir) / DB_NAME
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(_SCHEMA)
+        return con
+
+    def begin(
+        self,
+        *,
+        episode: str,
+        step: int,
+        meta: dict[str, Any],
+        action: Any,
+        artifacts_dir: str | None,
+    ) -> None:
+        """Record that a step has started."""
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO steps (episode, step, task, smoke, sandbox, status, owner, "
+                "started_at, action, fingerprint, artifacts_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (episode, step, meta.get("task", ""), int(bool(meta.get("smoke"))), meta.get("sandbox"),
+                 "running", _owner(), time.time(), json.dumps(action, default=str)[:100_000],
+                 meta.get("fingerprint"), artifacts_dir),
+            )  # fmt: skip
+
+    def finish(self, *, episode: str, result: RunResult) -> None:
+        """Complete a step's row with its result."""
+        with self._connect() as con:
+            con.execute(
+                "UPDATE steps SET status='finished', finished_at=?, base=?, script_sha256=?, seed=?, "
+                "outcome=?, reward=?, val_loss=?, hidden_val_loss=?, train_time_s=?, verified=?, "
+                "artifacts_dir=COALESCE(?, artifacts_dir) WHERE episode=? AND step=?",
+                (time.time(), result.base, result.script_sha256, result.seed, result.outcome.value,
+                 result.reward, _real(result.val_loss), _real(result.hidden_val_loss),
+                 _real(result.train_time_s), int(result.verdict.verified), result.artifacts_dir,
+                 episode, result.step),
+            )  # fmt: skip
+
+    def rows(self, *, task: str | None = None, episode: str | None = None) -> list[dict[str, Any]]:
+        """Every step (filtered), ``status`` reading ``interrupted`` where the owner is gone."""
+        if not self.path.exists():
+            return []
+        where, args = [], []
+        if task:
+            where.append("task = ?")
+            args.append(task.removeprefix("nanoenv/"))
+        if episode:
+            where.append("episode LIKE ?")
+            args.append(f"{episode}%")
+        sql = f"SELECT {', '.join(COLUMNS)} FROM steps" + (
+            f" WHERE {' AND '.join(where)}" if where else ""
+        )
+        with self._connect() as con:
+            rows = [
+                dict(zip(COLUMNS, r, strict=True))
+                for r in con.execute(sql + " ORDER BY started_at, step", args)
+            ]
+        for r in rows:
+            if r["status"] == "running" and not _alive(r["owner"]):
+                r["status"] = "interrupted"
+        return rows
+
+    def leaderboard(self, task: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """Verified steps that met the target, fastest first."""
+        ok = [
+            r
+            for r in self.rows(task=task)
+            if r["outcome"] == "ok" and r["verified"] and r["train_time_s"]
+        ]
+        return sorted(ok, key=lambda r: r["train_time_s"])[:limit]
+
+    def frontier(self, task: str | None = None) -> list[dict[str, Any]]:
+        """The (time, loss) Pareto frontier of verified finished steps: no other is faster and lower."""
+        pts = [r for r in self.rows(task=task)
+               if r["verified"] and r["train_time_s"] is not None and r["val_loss"] is not None]  # fmt: skip
+        return pareto(pts)
+
+
+def pareto(
+    points: list[dict[str, Any]], time_key: str = "train_time_s", loss_key: str = "val_loss"
+) -> list[dict[str, Any]]:
+    """The points no other point beats on both time and loss, fastest first."""
+    best = float("inf")
+    front = []
+    for p in sorted(points, key=lambda r: (r[time_key], r[loss_key])):
+        if p[loss_key] < best:
+            front.append(p)
+            best = p[loss_key]
+    return front
+
+
+def _real(x: float | None) -> float | None:
+    return None if x is None or x != x else float(x)

@@ -1,0 +1,171 @@
+"""The run store, trajectories and replay, and the HTML report rendered in a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nanoenv.cli import main as cli_main
+from nanoenv.report import write_report
+from nanoenv.store import RunStore, pareto
+
+PATCHES = Path(__file__).resolve().parents[1] / "examples" / "patches"
+
+
+@pytest.fixture(scope="module")
+def episode(tiny_data, tmp_path_factory):
+    """A finished episode: the baseline, an improvement, and a failed patch."""
+    import gymnasium as gym
+
+    import nanoenv  # noqa: F401
+
+    runs = tmp_path_factory.mktemp("runs")
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, runs_dir=runs, disable_env_checker=True)
+    env.reset(seed=7)
+    results = [
+        env.step(a)[4]["result"] for a in ("", (PATCHES / "relu2.diff").read_text(), "not a diff")
+    ]
+    folder = env.unwrapped.episode_dir
+    env.close()
+    return runs, folder, results
+
+
+def test_every_step_is_indexed(episode, capsys):
+    """One row per step with its verified numbers; `nanoenv runs list` shows them."""
+    runs, folder, results = episode
+    rows = RunStore(runs).rows()
+    assert [(r["step"], r["outcome"], r["status"]) for r in rows] == [
+        (1, results[0].outcome.value, "finished"), (2, results[1].outcome.value, "finished"), (3, "patch_failed", "finished")]  # fmt: skip
+    assert rows[0]["val_loss"] == pytest.approx(results[0].val_loss) and rows[0]["verified"] == 1
+    assert (
+        rows[0]["script_sha256"] == results[0].script_sha256 and rows[0]["seed"] == results[0].seed
+    )
+    assert rows[1]["artifacts_dir"] == results[1].artifacts_dir
+    assert cli_main(["runs", "list", "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert folder.name in out and "patch_failed" in out
+
+
+def test_leaderboard_and_frontier(episode, capsys):
+    """The leaderboard ranks verified runs that met the target by time; the frontier keeps the
+    runs no other beats on both time and loss."""
+    runs, _, _ = episode
+    board = RunStore(runs).leaderboard()
+    assert [r["train_time_s"] for r in board] == sorted(r["train_time_s"] for r in board)
+    assert all(r["outcome"] == "ok" and r["verified"] for r in board)
+    front = RunStore(runs).frontier()
+    assert front and all(
+        not (o["train_time_s"] < f["train_time_s"] and o["val_loss"] < f["val_loss"])
+        for f in front for o in RunStore(runs).rows() if o["verified"]
+    )  # fmt: skip
+    png = runs / "front.png"
+    assert cli_main(["runs", "frontier", "--runs-dir", str(runs), "--png", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    assert (
+        cli_main(
+            ["runs", "show", f"{front[0]['episode']}/{front[0]['step']}", "--runs-dir", str(runs)]
+        )
+        == 0
+    )
+    assert '"verified": 1' in capsys.readouterr().out
+
+
+def test_pareto_by_hand():
+    """The frontier of four points, worked out by hand."""
+    pts = [{"t": 1, "l": 3.0}, {"t": 2, "l": 2.5}, {"t": 3, "l": 2.8}, {"t": 4, "l": 2.0}]
+    assert [p["t"] for p in pareto(pts, "t", "l")] == [1, 2, 4]
+
+
+def test_a_killed_step_shows_as_interrupted(tiny_data, tmp_path, capsys):
+    """A harness killed mid-run leaves its row: interrupted, never missing."""
+    runs = tmp_path / "runs"
+    code = textwrap.dedent(
+        f"""
+        import gymnasium as gym, nanoenv
+        env = gym.make("nanoenv/Speedrun-Tiny-v0", runs_dir={str(runs)!r}, disable_env_checker=True)
+        env.reset(seed=0)
+        env.step("")
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not RunStore(runs).rows():
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    (row,) = RunStore(runs).rows()
+    assert row["status"] == "interrupted" and row["outcome"] is None
+    assert cli_main(["runs", "list", "--runs-dir", str(runs)]) == 0
+    assert "interrupted" in capsys.readouterr().out
+
+
+def test_store_survives_concurrent_writers(tmp_path):
+    """Several processes writing at once (vector envs) all land their rows."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from nanoenv.store import RunStore
+        store = RunStore(Path({str(tmp_path)!r}))
+        for i in range(20):
+            store.begin(episode=f"ep{{sys.argv[1]}}", step=i, meta={{"task": "t"}}, action={{}}, artifacts_dir=None)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)]) for k in range(4)]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    assert len(RunStore(tmp_path).rows()) == 80
+    assert (
+        sqlite3.connect(tmp_path / "runs.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+        == "wal"
+    )
+
+
+def test_trajectory_replays(episode, tmp_path, capsys):
+    """`nanoenv replay` runs an episode's actions again, with its seeds, and compares."""
+    _, folder, results = episode
+    lines = (folder / "trajectory.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    code = cli_main(["replay", str(folder), "--runs-dir", str(tmp_path / "again")])
+    out = capsys.readouterr().out
+    assert "3/3 steps ended the same way" in out and code == 0
+    again = RunStore(tmp_path / "again").rows()
+    assert [r["seed"] for r in again] == [r.seed for r in results]
+    assert again[0]["val_loss"] == pytest.approx(results[0].val_loss)  # same seed, same numbers
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("NANOENV_REQUIRE_BROWSER") != "1", reason="no Chromium here"
+)
+def test_html_report_renders_in_a_browser(episode, tmp_path):
+    """The episode's report opens in headless Chromium and is not blank: it has a table and
+    plots (many colours, dark text on a light page)."""
+    from PIL import Image
+
+    assert CHROMIUM is not None, "Chromium is required here (NANOENV_REQUIRE_BROWSER=1)"
+    _, folder, _ = episode
+    report = write_report(folder, target=3.56)
+    assert "<table>" in report.read_text() and "data:image/png;base64," in report.read_text()
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1400",
+                    f"--screenshot={shot}", report.as_uri()],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.std() > 20  # not a blank page
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # plots, not just text
+    assert (pixels.sum(-1) < 200).mean() > 0.001  # some dark text
