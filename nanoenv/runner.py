@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +25,16 @@ from nanoenv import verify
 from nanoenv.data import Manifest, prepare, verify_dataset
 from nanoenv.errors import DataError, SandboxError
 from nanoenv.gpus import GpuPool
+from nanoenv.judging import (
+    against_target,
+    aggregate,
+    classify_job,
+    integrity_ok,
+    log_tail,
+    rejection_message,
+)
 from nanoenv.rewards import RewardContext, get_reward
 from nanoenv.sandbox.base import Sandbox
-from nanoenv.significance import significance
 from nanoenv.telemetry import LogParser
 from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import (
@@ -46,7 +52,6 @@ from nanoenv.types import (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, LossPoint], None]
-LOG_TAIL_LINES = 40
 VERIFY_LEVELS = ("full", "none")
 
 
@@ -88,42 +93,6 @@ class RunSettings:
         return RewardContext(
             self.target_val_loss, self.baseline_train_time_s, self.baseline_val_loss
         )
-
-
-def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | None:
-    """How a job ended badly, or None if it ended well enough to be judged on its numbers."""
-    if job.infra_error:
-        return Outcome.INFRA_ERROR, job.infra_error
-    if job.timed_out:
-        return (
-            Outcome.TIMED_OUT,
-            f"the script ran past its deadline ({job.wall_time_s:.0f} s) and was killed",
-        )
-    if job.output_truncated:
-        return Outcome.CRASHED, "the script printed more output than allowed and was killed"
-    if job.oom:
-        return Outcome.CRASHED, "the script ran out of memory"
-    if job.exit_code != 0:
-        return Outcome.CRASHED, f"the script exited with code {job.exit_code}"
-    if parser.last_val is None:
-        return Outcome.CRASHED, "the script exited 0 but printed no `val_loss` line"
-    return None
-
-
-def against_target(loss: float | None, target: float) -> tuple[Outcome, str]:
-    """ok or missed_target, for a final loss."""
-    if loss is None or not math.isfinite(loss):
-        return Outcome.MISSED_TARGET, f"the final val_loss is {loss} (training diverged)"
-    if loss > target:
-        return Outcome.MISSED_TARGET, f"final val_loss {loss:.4f} > target {target:.4f}"
-    return Outcome.OK, f"final val_loss {loss:.4f} <= target {target:.4f}"
-
-
-def log_tail(lines: list[StampedLine], n: int = LOG_TAIL_LINES) -> str:
-    """The last ``n`` lines of output, stderr marked, for the agent to read."""
-    return "\n".join(
-        ("[stderr] " if ln.stream == "stderr" else "") + ln.text[:500] for ln in lines[-n:]
-    )
 
 
 class Runner:
@@ -218,7 +187,7 @@ class Runner:
             runs.append(result)
             if result.outcome not in (Outcome.OK, Outcome.MISSED_TARGET):
                 break  # one failed run decides the step; the rest would cost time for nothing
-        return self.rewarded(self.aggregate(runs))
+        return self.rewarded(aggregate(runs, self.settings.target_val_loss))
 
     def run_once(
         self,
@@ -307,16 +276,9 @@ class Runner:
                 "not re-evaluate the model",
             )
         if verdict.failed:
-            first = verdict.failed[0]
-            nums = ", ".join(f"{k}={v:.4g}" for k, v in first.numbers.items())
-            others = f" (and {len(verdict.failed) - 1} more)" if len(verdict.failed) > 1 else ""
-            message = (
-                f"the harness's check {first.name} failed{others}: expected {first.detail}"
-                + (f" ({nums})" if nums else "")
-            )
-            return result.model_copy(
-                update={"outcome": Outcome.REJECTED, "message": message, "verdict": verdict}
-            )
+            return result.model_copy(update={
+                "outcome": Outcome.REJECTED, "message": rejection_message(verdict), "verdict": verdict,
+            })  # fmt: skip
         outcome, message = against_target(result.val_loss, self.settings.target_val_loss)
         return result.model_copy(
             update={"outcome": outcome, "message": message, "verdict": verdict}
@@ -386,40 +348,6 @@ class Runner:
             self.damaged = f"the dataset is damaged; run `nanoenv data prepare {self.task.data.dataset} --force`"
         return Check(name="data_integrity", passed=False, detail=detail)
 
-    def aggregate(self, runs: list[RunResult]) -> RunResult:
-        """One result for repeated runs: the mean loss and time, and the t-test against the target."""
-        first = runs[0]
-        checks = [
-            c.model_copy(update={"name": f"run {k}: {c.name}"})
-            for k, r in enumerate(runs, 1)
-            for c in r.verdict.checks
-        ]
-        verdict = first.verdict.model_copy(
-            update={"checks": checks, "verified": all(r.verdict.verified for r in runs)}
-        )
-        bad = next((r for r in runs if r.outcome not in (Outcome.OK, Outcome.MISSED_TARGET)), None)
-        if bad is not None:
-            return bad.model_copy(
-                update={
-                    "message": f"run {runs.index(bad) + 1} of {len(runs)}: {bad.message}",
-                    "verdict": verdict,
-                }
-            )
-        losses = [r.val_loss if r.val_loss is not None else math.inf for r in runs]
-        times = [r.train_time_s if r.train_time_s is not None else math.inf for r in runs]
-        sig = significance(losses, times, self.settings.target_val_loss)
-        if sig.significant:
-            outcome = Outcome.OK
-            message = f"mean val_loss {sig.mean:.4f} < target {sig.target:.4f} over {sig.n} runs (p = {sig.p_value:.2g})"
-        else:
-            outcome = Outcome.MISSED_TARGET
-            message = f"mean val_loss {sig.mean:.4f} is not below target {sig.target:.4f} with p < 0.01 over {sig.n} runs (p = {sig.p_value:.2g})"
-        return first.model_copy(update={
-            "outcome": outcome, "message": message, "verdict": verdict, "significance": sig,
-            "val_loss": sig.mean, "train_time_s": float(np.mean(times)),
-            "hidden_val_loss": _mean([r.hidden_val_loss for r in runs]),
-        })  # fmt: skip
-
     # ------------------------------------------------------------------ rewards
 
     def rewarded(self, result: RunResult) -> RunResult:
@@ -448,12 +376,3 @@ class Runner:
 
 class _InfraError(Exception):
     """The verifier's sandbox failed: the step is an infra error, not the agent's fault."""
-
-
-def integrity_ok(checks: list[Check]) -> bool:
-    return all(c.passed for c in checks if c.name == "data_integrity")
-
-
-def _mean(values: list[float | None]) -> float | None:
-    real = [v for v in values if v is not None]
-    return float(np.mean(real)) if real else None

@@ -1,0 +1,108 @@
+"""The rules that turn what the harness measured into an outcome and a message.
+
+Pure functions, no sandbox and no I/O: the runner (runner.py) gathers a job's result, the
+parsed log and the verifier's checks, and these decide how the run ended, whether it met the
+target, what the agent is told, and how repeated runs combine into one step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nanoenv.significance import significance
+from nanoenv.telemetry import LogParser
+from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
+
+LOG_TAIL_LINES = 40
+
+
+def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | None:
+    """How a job ended badly, or None if it ended well enough to be judged on its numbers."""
+    if job.infra_error:
+        return Outcome.INFRA_ERROR, job.infra_error
+    if job.timed_out:
+        return (
+            Outcome.TIMED_OUT,
+            f"the script ran past its deadline ({job.wall_time_s:.0f} s) and was killed",
+        )
+    if job.output_truncated:
+        return Outcome.CRASHED, "the script printed more output than allowed and was killed"
+    if job.oom:
+        return Outcome.CRASHED, "the script ran out of memory"
+    if job.exit_code != 0:
+        return Outcome.CRASHED, f"the script exited with code {job.exit_code}"
+    if parser.last_val is None:
+        return Outcome.CRASHED, "the script exited 0 but printed no `val_loss` line"
+    return None
+
+
+def against_target(loss: float | None, target: float) -> tuple[Outcome, str]:
+    """ok or missed_target, for a final loss."""
+    if loss is None or not math.isfinite(loss):
+        return Outcome.MISSED_TARGET, f"the final val_loss is {loss} (training diverged)"
+    if loss > target:
+        return Outcome.MISSED_TARGET, f"final val_loss {loss:.4f} > target {target:.4f}"
+    return Outcome.OK, f"final val_loss {loss:.4f} <= target {target:.4f}"
+
+
+def log_tail(lines: list[StampedLine], n: int = LOG_TAIL_LINES) -> str:
+    """The last ``n`` lines of output, stderr marked, for the agent to read."""
+    return "\n".join(
+        ("[stderr] " if ln.stream == "stderr" else "") + ln.text[:500] for ln in lines[-n:]
+    )
+
+
+def aggregate(runs: list[RunResult], target: float) -> RunResult:
+    """One result for repeated runs: the mean loss and time, and the t-test against the target."""
+    first = runs[0]
+    checks = [
+        c.model_copy(update={"name": f"run {k}: {c.name}"})
+        for k, r in enumerate(runs, 1)
+        for c in r.verdict.checks
+    ]
+    verdict = first.verdict.model_copy(
+        update={"checks": checks, "verified": all(r.verdict.verified for r in runs)}
+    )
+    bad = next((r for r in runs if r.outcome not in (Outcome.OK, Outcome.MISSED_TARGET)), None)
+    if bad is not None:
+        return bad.model_copy(
+            update={
+                "message": f"run {runs.index(bad) + 1} of {len(runs)}: {bad.message}",
+                "verdict": verdict,
+            }
+        )
+    losses = [r.val_loss if r.val_loss is not None else math.inf for r in runs]
+    times = [r.train_time_s if r.train_time_s is not None else math.inf for r in runs]
+    sig = significance(losses, times, target)
+    if sig.significant:
+        outcome = Outcome.OK
+        message = f"mean val_loss {sig.mean:.4f} < target {sig.target:.4f} over {sig.n} runs (p = {sig.p_value:.2g})"
+    else:
+        outcome = Outcome.MISSED_TARGET
+        message = f"mean val_loss {sig.mean:.4f} is not below target {sig.target:.4f} with p < 0.01 over {sig.n} runs (p = {sig.p_value:.2g})"
+    return first.model_copy(update={
+        "outcome": outcome, "message": message, "verdict": verdict, "significance": sig,
+        "val_loss": sig.mean, "train_time_s": float(np.mean(times)),
+        "hidden_val_loss": _mean([r.hidden_val_loss for r in runs]),
+    })  # fmt: skip
+
+
+def integrity_ok(checks: list[Check]) -> bool:
+    return all(c.passed for c in checks if c.name == "data_integrity")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    real = [v for v in values if v is not None]
+    return float(np.mean(real)) if real else None
+
+
+def rejection_message(verdict: Verdict) -> str:
+    """What the agent is told when a check failed: the first failure, its numbers, how many more."""
+    first = verdict.failed[0]
+    nums = ", ".join(f"{k}={v:.4g}" for k, v in first.numbers.items())
+    others = f" (and {len(verdict.failed) - 1} more)" if len(verdict.failed) > 1 else ""
+    return f"the harness's check {first.name} failed{others}: expected {first.detail}" + (
+        f" ({nums})" if nums else ""
+    )

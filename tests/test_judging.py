@@ -1,0 +1,99 @@
+"""The judging rules on their own: how a job ended, the target, rejections, repeated runs."""
+
+import math
+
+import pytest
+
+from nanoenv.judging import against_target, aggregate, classify_job, log_tail, rejection_message
+from nanoenv.telemetry import LogParser
+from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
+
+
+def parser_with(*lines: str) -> LogParser:
+    p = LogParser()
+    for i, line in enumerate(lines):
+        p.feed(line, float(i))
+    return p
+
+
+VAL = "step:10/10 val_loss:2.5000 train_time:1000ms step_avg:100.00ms"
+
+
+@pytest.mark.parametrize(
+    ("job", "outcome", "words"),
+    [
+        (JobResult(infra_error="start dockerd"), Outcome.INFRA_ERROR, "start dockerd"),
+        (JobResult(timed_out=True, wall_time_s=61), Outcome.TIMED_OUT, "deadline (61 s)"),
+        (JobResult(output_truncated=True), Outcome.CRASHED, "more output"),
+        (JobResult(oom=True, exit_code=137), Outcome.CRASHED, "out of memory"),
+        (JobResult(exit_code=3), Outcome.CRASHED, "code 3"),
+    ],
+)
+def test_a_bad_ending_names_what_went_wrong(job, outcome, words):
+    got = classify_job(job, parser_with(VAL))
+    assert got is not None
+    assert got[0] is outcome and words in got[1]
+
+
+def test_exit_zero_without_a_val_line_is_a_crash_and_with_one_is_judged():
+    no_val = classify_job(JobResult(exit_code=0), parser_with("hello"))
+    assert no_val is not None and no_val[0] is Outcome.CRASHED and "val_loss" in no_val[1]
+    assert classify_job(JobResult(exit_code=0), parser_with(VAL)) is None
+
+
+def test_against_target_is_inclusive_and_divergence_misses():
+    assert against_target(2.5, 2.5)[0] is Outcome.OK
+    assert against_target(2.5001, 2.5)[0] is Outcome.MISSED_TARGET
+    outcome, message = against_target(math.nan, 2.5)
+    assert outcome is Outcome.MISSED_TARGET and "diverged" in message
+    assert against_target(None, 2.5)[0] is Outcome.MISSED_TARGET
+
+
+def test_rejection_message_gives_the_first_failure_its_numbers_and_the_count():
+    verdict = Verdict(
+        level="full",
+        checks=[
+            Check(name="causality", passed=True, detail="ok"),
+            Check(name="hidden_gap", passed=False, detail="a gap under 0.1", numbers={"gap": 0.37}),
+            Check(name="determinism", passed=False, detail="the same logits twice"),
+        ],
+    )
+    msg = rejection_message(verdict)
+    assert msg.startswith("the harness's check hidden_gap failed (and 1 more)")
+    assert "gap=0.37" in msg
+
+
+def test_log_tail_marks_stderr_and_keeps_the_last_lines():
+    lines = [StampedLine(t=i, stream="stdout", text=f"line {i}") for i in range(50)]
+    lines.append(StampedLine(t=50, stream="stderr", text="Traceback"))
+    tail = log_tail(lines, n=3).splitlines()
+    assert tail == ["line 48", "line 49", "[stderr] Traceback"]
+
+
+def run(step: int, loss: float | None, t: float | None, outcome=Outcome.OK, msg="") -> RunResult:
+    return RunResult(
+        step=step, outcome=outcome, val_loss=loss, train_time_s=t, message=msg,
+        verdict=Verdict(level="none", checks=[Check(name="data_integrity", passed=True, detail="")]),
+    )  # fmt: skip
+
+
+def test_repeats_clearly_under_the_target_are_ok_with_means():
+    got = aggregate([run(1, 2.40, 10.0), run(1, 2.41, 12.0), run(1, 2.405, 11.0)], target=2.5)
+    assert got.outcome is Outcome.OK
+    assert got.val_loss == pytest.approx(2.405)
+    assert got.train_time_s == pytest.approx(11.0)
+    assert got.significance is not None and got.significance.p_value < 0.01
+    assert [c.name for c in got.verdict.checks] == [f"run {k}: data_integrity" for k in (1, 2, 3)]
+
+
+def test_repeats_whose_mean_is_under_but_not_significantly_miss():
+    got = aggregate([run(1, 2.30, 10.0), run(1, 2.69, 10.0)], target=2.5)
+    assert got.outcome is Outcome.MISSED_TARGET
+    assert "p < 0.01" in got.message
+
+
+def test_one_failed_repeat_decides_the_step():
+    bad = run(1, None, None, Outcome.CRASHED, "the script exited with code 1")
+    got = aggregate([run(1, 2.4, 10.0), bad], target=2.5)
+    assert got.outcome is Outcome.CRASHED
+    assert got.message == "run 2 of 2: the script exited with code 1"
