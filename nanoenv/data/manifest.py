@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nanoenv.data.shards import read_header, sha256_file
+from nanoenv.data.shards import read_header, sha256_file, write_shard
 from nanoenv.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -71,6 +72,40 @@ def write_manifest(root: Path, manifest: Manifest) -> str:
     tmp.write_text(json.dumps(manifest.model_dump(), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, root / MANIFEST)
     return manifest.content_hash()
+
+
+def split_bucket(doc: str, chunk: int) -> int:
+    """A fixed bucket 0-99 for a document's chunk: splits by hash never change between builds."""
+    digest = hashlib.sha256(f"{doc}:{chunk}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 100
+
+
+def write_splits(
+    root: Path,
+    splits: dict[Split, np.ndarray],
+    *,
+    dataset: str,
+    vocab_size: int,
+    train_shard_tokens: int,
+    source: dict[str, str],
+) -> str:
+    """Write train shards, one public val and one hidden val shard, and the manifest; return its hash."""
+    (root / "public").mkdir(parents=True, exist_ok=True)
+    (root / "hidden").mkdir(parents=True, exist_ok=True)
+    files: dict[str, ShardInfo] = {}
+
+    def put(rel: str, split: Split, tokens: np.ndarray) -> None:
+        files[rel] = ShardInfo(
+            split=split, tokens=int(tokens.size), sha256=write_shard(root / rel, tokens)
+        )
+
+    train = splits["train"]
+    for i, start in enumerate(range(0, train.size, train_shard_tokens)):
+        put(f"public/train_{i:06d}.bin", "train", train[start : start + train_shard_tokens])
+    put("public/val_000000.bin", "val", splits["val"])
+    put("hidden/hidden_val_000000.bin", "hidden_val", splits["hidden_val"])
+    manifest = Manifest(dataset=dataset, vocab_size=vocab_size, files=files, source=source)
+    return write_manifest(root, manifest)
 
 
 def load_manifest(root: Path) -> Manifest:

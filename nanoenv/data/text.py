@@ -10,7 +10,6 @@ track, so it never changes and the three splits share one distribution.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from importlib import resources
@@ -18,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoenv.data.manifest import Manifest, ShardInfo, Split, write_manifest
-from nanoenv.data.shards import write_shard
+from nanoenv.data.manifest import Split, split_bucket, write_splits
 from nanoenv.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -75,11 +73,6 @@ def tokenizer(name: str) -> tuple[Callable[[str], list[int]], int, int]:
     raise DataError(f"unknown tokenizer {name!r}; choose gpt2 or bytes")
 
 
-def _bucket(doc: str, chunk: int) -> int:
-    digest = hashlib.sha256(f"{doc}:{chunk}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") % 100
-
-
 def split_documents(
     docs: list[tuple[str, str]], encode: Callable[[str], list[int]], eot: int
 ) -> dict[Split, np.ndarray]:
@@ -90,7 +83,7 @@ def split_documents(
             tokens = encode(text[i : i + CHUNK_CHARS])
             if i == 0:
                 tokens = [eot, *tokens]
-            b = _bucket(name, i // CHUNK_CHARS)
+            b = split_bucket(name, i // CHUNK_CHARS)
             split: Split = "val" if b < 5 else "hidden_val" if b < 10 else "train"
             parts[split].append(tokens)
     return {
@@ -121,20 +114,11 @@ def build_from_documents(
         raise DataError(
             f"the corpus is too small to split: {sum(len(t) for _, t in docs)} characters"
         )
-    (root / "public").mkdir(parents=True, exist_ok=True)
-    (root / "hidden").mkdir(parents=True, exist_ok=True)
-    files: dict[str, ShardInfo] = {}
-
-    def put(rel: str, split: Split, tokens: np.ndarray) -> None:
-        files[rel] = ShardInfo(
-            split=split, tokens=int(tokens.size), sha256=write_shard(root / rel, tokens)
-        )
-
-    train = splits["train"]
-    for i, start in enumerate(range(0, train.size, SHARD_TOKENS)):
-        put(f"public/train_{i:06d}.bin", "train", train[start : start + SHARD_TOKENS])
-    put("public/val_000000.bin", "val", splits["val"])
-    put("hidden/hidden_val_000000.bin", "hidden_val", splits["hidden_val"])
-    manifest = Manifest(dataset=dataset, vocab_size=vocab, files=files,
-                        source={**source, "tokenizer": tokenizer_name, "documents": str(len(docs))})  # fmt: skip
-    return write_manifest(root, manifest)
+    return write_splits(
+        root,
+        splits,
+        dataset=dataset,
+        vocab_size=vocab,
+        train_shard_tokens=SHARD_TOKENS,
+        source={**source, "tokenizer": tokenizer_name, "documents": str(len(docs))},
+    )

