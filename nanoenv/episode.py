@@ -109,6 +109,11 @@ class Episode:
             p.base = self.current if act.base is None else act.base
             base_script = self._base_script(p.base, p.index)
             applied = build_script(act, base_script, self.baseline, self.task)
+            p.script, p.notes = applied.script, applied.notes
+            p.record.write_text(self.task.script, applied.script)
+            p.record.write_text(
+                "patch.diff", make_diff(base_script, applied.script, self.task.script)
+            )
         except (PatchError, PolicyError) as e:
             if not (p.record.path / "action.json").exists():
                 p.action = {"unreadable": repr(action)[:10_000]}
@@ -116,29 +121,9 @@ class Episode:
             outcome = Outcome.REJECTED if isinstance(e, PolicyError) else Outcome.PATCH_FAILED
             p.result = runner.failed(p.index, outcome, str(e), p.seeds[0], p.started)
             return
-        except OSError as e:
-            p.result = runner.failed(
-                p.index,
-                Outcome.INFRA_ERROR,
-                _harness_message(e, self.record),
-                p.seeds[0],
-                p.started,
-            )
-            return
-        p.script, p.notes = applied.script, applied.notes
-        try:
-            p.record.write_text(self.task.script, applied.script)
-            p.record.write_text(
-                "patch.diff", make_diff(base_script, applied.script, self.task.script)
-            )
-        except OSError as e:
-            p.result = runner.failed(
-                p.index,
-                Outcome.INFRA_ERROR,
-                _harness_message(e, self.record),
-                p.seeds[0],
-                p.started,
-            )
+        except OSError as e:  # the disk filled up or the runs dir went away mid-write
+            msg = _harness_message(e, self.record)
+            p.result = runner.failed(p.index, Outcome.INFRA_ERROR, msg, p.seeds[0], p.started)
             return
         if (err := syntax_error(applied.script, self.task.script)) is not None:
             p.result = runner.failed(p.index, Outcome.CRASHED, err, p.seeds[0], p.started)
