@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from nanoenv.sandbox.base import copy_out
+from nanoenv.sandbox.base import copy_out, extract_tar
 from nanoenv.sandbox.local import LocalSandbox, namespace_support
 from nanoenv.types import Job, Limits
 
@@ -159,6 +159,32 @@ def test_copy_out_size_budget(tmp_path):
     notes = copy_out(src, tmp_path / "dest", max_bytes=1000)
     assert not (tmp_path / "dest" / "big.bin").exists()
     assert "over the 1,000-byte budget" in notes[0]
+
+
+@pytest.mark.parametrize("how", ["copy_out", "extract_tar"])
+def test_hard_links_to_one_big_file_pay_for_every_copy(tmp_path, how):
+    """A hundred hard links to one file are a hundred files' worth of the budget, not one.
+
+    Docker and Ray hand the out dir back as a tar, where a hard link is a pointer to a file
+    already sent; copying it for free would let 1 MB in the sandbox become 100 MB on the host.
+    """
+    import tarfile
+
+    src, dest = tmp_path / "out", tmp_path / "dest"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"x" * 10_000)
+    for i in range(100):
+        os.link(src / "big.bin", src / f"link{i:03d}.bin")
+    if how == "copy_out":
+        notes = copy_out(src, dest, max_bytes=35_000)
+    else:
+        with tarfile.open(tmp_path / "out.tar", "w") as tar:
+            tar.add(src, arcname="out")
+        notes = extract_tar(tmp_path / "out.tar", dest, max_bytes=35_000)
+    copied = [p for p in dest.rglob("*.bin") if p.is_file()]
+    assert len(copied) == 3  # 3 x 10,000 bytes fit in 35,000
+    assert sum(p.stat().st_size for p in copied) <= 35_000
+    assert sum("over the 35,000-byte budget" in n for n in notes) == 98
 
 
 def test_out_dir_is_copied_back(tmp_path):

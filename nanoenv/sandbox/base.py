@@ -190,8 +190,17 @@ def extract_tar(tar_path: Path, dest: Path, max_bytes: int) -> list[str]:
                 (dest / name).mkdir(parents=True, exist_ok=True)
                 continue
             if member.islnk() and os.path.normpath(member.linkname) in extracted:
-                # A hard link to a file of this same archive: a second copy of it.
-                shutil.copyfile(dest / os.path.normpath(member.linkname), dest / name)
+                # A hard link to a file of this same archive: a second copy of it, paid for
+                # again, or a thousand links to one big file would fill the host's disk.
+                target = dest / os.path.normpath(member.linkname)
+                size = target.stat().st_size
+                if size > budget:
+                    notes.append(
+                        f"skipped {name} in the out dir: over the {max_bytes:,}-byte budget"
+                    )
+                    continue
+                budget -= size
+                shutil.copyfile(target, dest / name)
                 extracted.add(name)
                 continue
             if not member.isfile():
