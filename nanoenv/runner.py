@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from nanoenv.judging import (
 )
 from nanoenv.rewards import RewardContext, get_reward
 from nanoenv.sandbox.base import Sandbox
+from nanoenv.slots import CpuPool
 from nanoenv.telemetry import LogParser
 from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import (
@@ -116,6 +118,7 @@ class Runner:
         self.reward_fn = get_reward(settings.reward)
         self.damaged: str | None = None
         self._gpu_pool: GpuPool | None = None
+        self._cpu_pool: CpuPool | None = None
         # A baseline without build_model (a user's own script) can only be checked at the log
         # level: its runs are timed and policed, but their models are not re-evaluated.
         self.log_only = log_only
@@ -148,21 +151,37 @@ class Runner:
         )
 
     def run_job(self, job: Job, on_line: Any, cancel: threading.Event | None) -> JobResult:
-        """Run a job in the sandbox, with GPUs of its own when it asks for some.
+        """Run a job in the sandbox, on GPUs and CPU cores no other nanoenv job is using.
 
-        Ray picks GPUs itself; a local or docker sandbox gets k free ids from the machine's
-        pool, held until the job ends however it ends.
+        Ray places jobs itself. A local or docker job first takes k free GPU ids and then its
+        CPU slots from the machine's pools (GPUs first, so no job holds cores while it waits),
+        held until the job ends however it ends. The wait is not part of the job's time.
         """
+        if self.sandbox.name == "ray":
+            return self.sandbox.run(job, on_line, cancel)
         k = job.gpus if isinstance(job.gpus, int) else 0
-        if k and self.sandbox.name != "ray":
-            if self._gpu_pool is None:
-                self._gpu_pool = GpuPool()
-            try:
-                with self._gpu_pool.allocate(k, timeout_s=job.limits.timeout_s) as ids:
-                    return self.sandbox.run(job.model_copy(update={"gpus": ids}), on_line, cancel)
-            except SandboxError as e:
-                return JobResult(infra_error=str(e))
-        return self.sandbox.run(job, on_line, cancel)
+        t0 = time.monotonic()
+        try:
+            with ExitStack() as held:
+                if k:
+                    self._gpu_pool = self._gpu_pool or GpuPool()
+                    ids = held.enter_context(
+                        self._gpu_pool.allocate(k, timeout_s=job.limits.timeout_s, cancel=cancel)
+                    )
+                    job = job.model_copy(update={"gpus": ids})
+                self._cpu_pool = self._cpu_pool or CpuPool()
+                held.enter_context(
+                    self._cpu_pool.allocate(
+                        self._cpu_pool.slots_for(job.limits.cpus), cancel=cancel
+                    )
+                )
+                waited = time.monotonic() - t0
+                result = self.sandbox.run(job, on_line, cancel)
+        except SandboxError as e:
+            return JobResult(infra_error=str(e))
+        if waited >= 0.5:
+            result.telemetry["slot_wait_s"] = round(waited, 2)
+        return result
 
     # ------------------------------------------------------------------ one step
 

@@ -19,6 +19,7 @@ import nanoenv  # noqa: F401
 from nanoenv import Action, Outcome
 from nanoenv.errors import SandboxError
 from nanoenv.gpus import GpuPool
+from nanoenv.slots import CpuPool
 from nanoenv.tasks import baseline_script, load_task
 from nanoenv.types import Job, Limits
 
@@ -186,6 +187,41 @@ def test_asking_for_more_gpus_than_there_are(make_env, monkeypatch):
         limits=Limits(timeout_s=30),
     )
     assert "asks for 2 GPUs; this machine has 1" in runner.run_job(job, None, None).infra_error
+
+
+# --------------------------------------------------------------------------- CPU cores
+
+
+def test_cpu_pool_gives_each_job_its_cores(tmp_path):
+    """A job takes ceil(limits.cpus) slots (all of them if unset); past the total it waits."""
+    pool = CpuPool(slots=4, lock_dir=tmp_path)
+    assert [pool.slots_for(c) for c in (None, 0.5, 2, 2.5, 64)] == [4, 1, 2, 3, 4]
+    with pool.allocate(2) as a, pool.allocate(2) as b:
+        assert not set(a) & set(b)
+        with pytest.raises(SandboxError, match="no 1 free CPUs within 0 s"):
+            pool.acquire(1, timeout_s=0.3)
+    cancel = threading.Event()
+    cancel.set()
+    with pool.allocate(4), pytest.raises(SandboxError, match="cancelled while waiting"):
+        pool.acquire(1, cancel=cancel)
+
+
+def test_timed_runs_in_two_envs_never_share_the_cores(make_env, monkeypatch):
+    """Two envs step at once: the second run waits for the first's cores, so neither's time
+    measures its neighbour; the wait is in the telemetry and not in the run's time."""
+    monkeypatch.setenv("NANOENV_CPU_SLOTS", "2")  # the tiny track's runs take 2 cores each
+    envs = [make_env(verify="none") for _ in range(2)]
+    for env in envs:
+        env.reset(seed=0)
+    handles = [
+        env.unwrapped.submit(sleeper(f"nanoenv-cores-{i}", seconds=2)) for i, env in enumerate(envs)
+    ]
+    results = [h.result(timeout=180)[4]["result"] for h in handles]
+    assert all(r.outcome in (Outcome.OK, Outcome.MISSED_TARGET) for r in results)
+    first, second = sorted(results, key=lambda r: r.telemetry.get("slot_wait_s", 0.0))
+    assert "slot_wait_s" not in first.telemetry
+    assert second.telemetry["slot_wait_s"] >= first.wall_time_s - 1
+    assert second.wall_time_s < 1.5 * first.wall_time_s  # the wait is not charged to the run
 
 
 # --------------------------------------------------------------------------- paired baselines
