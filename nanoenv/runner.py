@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -122,14 +123,6 @@ class Runner:
         # A baseline without build_model (a user's own script) can only be checked at the log
         # level: its runs are timed and policed, but their models are not re-evaluated.
         self.log_only = log_only
-        self._eval_set: verify.EvalSet | None = None
-
-    @property
-    def eval_set(self) -> verify.EvalSet:
-        """The windows verification scores (read from the data once, when first needed)."""
-        if self._eval_set is None:
-            self._eval_set = verify.load_eval_set(self.data_root, self.manifest, self.task.verify)
-        return self._eval_set
 
     def job(self, script: str, seed: int, out_dir: Path) -> Job:
         """The sandbox job that runs ``script`` with the task's contract environment."""
@@ -312,13 +305,16 @@ class Runner:
         cancel: threading.Event | None = None,
     ) -> tuple[RunResult, Verdict]:
         """Re-evaluate the model in a fresh sandbox; the verified loss replaces the reported one."""
-        rng = np.random.default_rng(result.seed)
+        # Windows, twins and cuts come from a seed the candidate cannot know (not its own).
+        seed = secrets.randbits(32)
+        rng = np.random.default_rng(seed)
+        eval_set = verify.load_eval_set(self.data_root, self.manifest, self.task.verify, rng)
         found = verify.reevaluate(
             lambda job: self.run_job(job, None, cancel),
             self.task,
             script,
             record.out_dir,
-            self.eval_set,
+            eval_set,
             rng,
             keep_dir=record.path / "verify",
         )
@@ -331,7 +327,7 @@ class Runner:
                                    reason=f"the harness could not re-evaluate the model: {found.error}")  # fmt: skip
         n = found.numbers
         checks.append(Check(name="model_loads", passed=True, detail="build_model + the checkpoint",
-                            numbers={"parameters": n["parameters"]}))  # fmt: skip
+                            numbers={"parameters": n["parameters"], "verify_seed": float(seed)}))  # fmt: skip
         checks += verify.model_checks(n, result.reported_val_loss, self.task.verify)
         if (
             tp := verify.throughput_check(

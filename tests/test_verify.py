@@ -12,7 +12,7 @@ from nanoenv import Outcome
 from nanoenv.significance import significance
 from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import LossPoint, TimingSpec, VerifySpec
-from nanoenv.verify import EvalSet, build_inputs, log_softmax, score
+from nanoenv.verify import EvalSet, build_inputs, log_softmax, model_checks, score
 
 V, T = 16, 8
 
@@ -149,3 +149,49 @@ def test_verify_none_trusts_the_log(make_env):
     assert result.val_loss == result.reported_val_loss
     assert "UNVERIFIED" in obs["feedback"]
     assert not (Path(result.artifacts_dir) / "verify").exists()
+
+
+# --------------------------------------------------------------------------- spread samples and gaps
+
+
+def _numbers(public: float, spread: float, hidden: float) -> dict[str, float]:
+    return {"public_loss": public, "spread_loss": spread, "hidden_loss": hidden,
+            "causal_max_diff": 0.0, "repeat_max_diff": 0.0}  # fmt: skip
+
+
+def _failed(numbers: dict[str, float], reported: float) -> set[str]:
+    return {c.name for c in model_checks(numbers, reported, VerifySpec()) if not c.passed}
+
+
+def test_gaps_compare_like_with_like():
+    """hidden_gap holds hidden val against public val drawn the same way, not against the
+    reported passages; region_gap flags a reported region far better than public val at large."""
+    # An honest good model (measured on the tiny track): the reported passages are easy.
+    assert _failed(_numbers(2.182, 2.295, 2.309), 2.182) == set()
+    # Trained on public val at large: hidden val does not follow.
+    assert _failed(_numbers(2.0, 2.0, 2.4), 2.0) == {"hidden_gap"}
+    # Trained on the reported passages (measured: 2.05 against 2.82 at large).
+    assert _failed(_numbers(2.05, 2.82, 2.83), 2.05) == {"region_gap"}
+
+
+def test_spread_windows_come_from_the_whole_split_and_change_with_the_seed(tmp_path):
+    """Spread windows are real windows of the split (y is x shifted by one) from all over it,
+    different for every seed; the region is the split's first tokens."""
+    from nanoenv.data.manifest import load_manifest, write_splits
+    from nanoenv.verify import load_eval_set
+
+    tokens = np.arange(50_000, dtype=np.uint16)  # a token is its own position
+    write_splits(tmp_path, {"train": tokens[:4000], "val": tokens, "hidden_val": tokens[:20_000]},
+                 dataset="t", vocab_size=65_536, train_shard_tokens=1000, source={})  # fmt: skip
+    spec = VerifySpec(eval_seq_len=16, public_tokens=64, hidden_tokens=1024)
+    manifest = load_manifest(tmp_path)
+    a = load_eval_set(tmp_path, manifest, spec, np.random.default_rng(1))
+    b = load_eval_set(tmp_path, manifest, spec, np.random.default_rng(2))
+    assert (a.public_x.ravel() == tokens[:64]).all()
+    assert a.spread_x.shape == a.hidden_x.shape == (64, 16)
+    for x, y in ((a.spread_x, a.spread_y), (a.hidden_x, a.hidden_y)):
+        assert (x[:, 1:] == y[:, :-1]).all() and (y - x == 1).all() and (x[:, 0] % 16 == 0).all()
+    starts = a.spread_x[:, 0]
+    assert len(set(starts)) == 64 and starts.min() < 10_000 and starts.max() > 40_000
+    assert a.hidden_x[:, 0].max() < 20_000  # hidden windows come from the hidden split
+    assert not np.array_equal(a.spread_x, b.spread_x)
