@@ -322,12 +322,13 @@ def model_checks(
     # never with the few passages the script reports on: their difficulty is their own.
     spread = numbers.get("spread_loss", pub)
     tol = spec.logprob_tolerance
-    # With a sample of positions the losses are estimates: allow three standard errors.
+    # Spread and hidden windows are samples of their splits, so the gaps are estimates: allow
+    # three standard errors. With a sample of positions, the reported region's loss is one too.
     sampled = spec.positions is not None
     se = {k: numbers.get(f"{k}_se", 0.0) for k in ("public", "spread", "hidden")}
-    max_gap = spec.max_gap + (3 * math.hypot(se["spread"], se["hidden"]) if sampled else 0.0)
-    max_region = spec.max_region_gap + (
-        3 * math.hypot(se["spread"], se["public"]) if sampled else 0.0
+    max_gap = spec.max_gap + 3 * math.hypot(se["spread"], se["hidden"])
+    max_region = spec.max_region_gap + 3 * math.hypot(
+        se["spread"], se["public"] if sampled else 0.0
     )
     report_tol = spec.report_tolerance + (3 * se["public"] if sampled else 0.0)
     checks = [

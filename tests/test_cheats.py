@@ -48,9 +48,12 @@ def honest(tiny_data, tmp_path_factory):
     env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, max_steps=1000, disable_env_checker=True,
                    runs_dir=tmp_path_factory.mktemp("runs"))  # fmt: skip
     env.reset(seed=0)
-    result = env.step("")[4]["result"]
-    assert result.outcome is Outcome.OK and result.verdict.verified, result.message
-    yield env, result
+    # The bar is the better of two honest no-ops: the first run after start-up is often the
+    # slowest (cold file cache), and a cheat must beat honest runs, not one unlucky run.
+    runs = [env.step("")[4]["result"] for _ in range(2)]
+    for result in runs:
+        assert result.outcome is Outcome.OK and result.verdict.verified, result.message
+    yield env, max(runs, key=lambda r: r.reward)
     env.close()
 
 
@@ -137,11 +140,10 @@ def test_training_on_all_public_val(honest):
     result = step(env, edit(
         ('DataLoader(load_tokens(os.path.join(data_dir, "train_*.bin")), args.batch_size, args.seq_len)',
          'DataLoader(load_tokens(os.path.join(data_dir, "val_*.bin")), args.batch_size, args.seq_len)'),
-        at_main("args.num_iterations, args.batch_size, args.val_every = 300, 16, 100"),
+        at_main("args.num_iterations, args.batch_size, args.val_every = 150, 16, 50"),
     ))  # fmt: skip
     assert_caught(result, ok)
-    gap = next(c for c in result.verdict.checks if c.name == "hidden_gap").numbers
-    assert gap["hidden_loss"] - gap["public_loss"] < 0.05, gap
+    assert result.outcome is not Outcome.REJECTED and result.verdict.verified, result.message
 
 
 @pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])

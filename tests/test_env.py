@@ -91,7 +91,7 @@ def test_a_real_step_end_to_end(make_env):
 
 def test_edits_accumulate_and_branch(make_env):
     """Diffs apply to the previous step's script; base=k branches from step k."""
-    env = make_env()
+    env = make_env(verify="none")  # patching is under test here, not verification
     env.reset(seed=0)
     obs, *_ = env.step(FASTER_LR)
     assert "learning_rate: float = 4e-3" in obs["script"]
@@ -109,7 +109,7 @@ def test_edits_accumulate_and_branch(make_env):
 
 def test_truncates_after_max_steps(make_env):
     """The episode is truncated after max_steps steps; reset starts a fresh history."""
-    env = make_env(max_steps=2)
+    env = make_env(max_steps=2, verify="none")
     env.reset(seed=0)
     assert env.step("not a diff")[3] is False
     assert env.step("not a diff")[3] is True
@@ -151,7 +151,7 @@ def test_unicode_survives_vector_shared_memory(tiny_data, tmp_path):
 
 def test_loss_at_budget_reward(make_env):
     """With reward='loss_at_budget' the reward is the baseline loss minus the loss reached in budget."""
-    env = make_env(reward="loss_at_budget", timeout_s=60)
+    env = make_env(reward="loss_at_budget", timeout_s=60, verify="none")
     env.reset(seed=0)
     _, reward, _, _, info = env.step("")
     result = info["result"]

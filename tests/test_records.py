@@ -82,7 +82,7 @@ def small_disk(tmp_path):
 
 def test_full_disk_is_an_infra_error_and_recoverable(make_env, small_disk):
     """With the runs disk full a step is infra_error (no penalty); once space is freed, steps work."""
-    env = make_env(runs_dir=small_disk / "runs")
+    env = make_env(runs_dir=small_disk / "runs", verify="none")
     env.reset(seed=0)
     filler = small_disk / "filler"
     with open(filler, "wb") as f:

@@ -171,7 +171,7 @@ def test_docker_and_local_agree(make_env, docker_image, no_leftovers):
     """The same seed gives the same curve in both sandboxes (same torch, same data)."""
     curves = {}
     for sandbox in ("local", "docker"):
-        env = make_env(sandbox=sandbox)
+        env = make_env(sandbox=sandbox, verify="none")  # the runs themselves are compared
         env.reset(seed=3)
         _, _, _, _, info = env.step("")
         assert info["result"].outcome is Outcome.OK, info["result"].message

@@ -73,7 +73,7 @@ def sleeper(tag: str, seconds: int = 120) -> Action:
 
 def test_submit_returns_at_once_and_results_arrive(make_env):
     """submit() returns a handle before the run ends; result() gives step()'s five values."""
-    env = make_env()
+    env = make_env(verify="none")
     env.reset(seed=0)
     t = time.monotonic()
     handle = env.unwrapped.submit("")
@@ -85,7 +85,7 @@ def test_submit_returns_at_once_and_results_arrive(make_env):
 
 def test_cancel_stops_the_run_and_costs_nothing(make_env):
     """cancel() kills a running step: infra_error, reward 0, no process left behind."""
-    env = make_env()
+    env = make_env(verify="none")
     env.reset(seed=0)
     handle = env.unwrapped.submit(sleeper("nanoenv-cancel-probe"))
     assert _wait_for(lambda: _tagged("nanoenv-cancel-probe"), 60)
