@@ -47,7 +47,7 @@ def test_search_agent(tiny_data, tmp_path):
         "search_agent.py",
         "--smoke",
         "--steps",
-        "2",
+        "1",
         "--runs-dir",
         str(tmp_path / "runs"),
         cwd=tmp_path,
