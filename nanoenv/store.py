@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import time
@@ -66,12 +67,32 @@ class RunStore:
 
     def __init__(self, runs_dir: Path) -> None:
         self.path = Path(runs_dir) / DB_NAME
+        self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30) if self._ready else self._setup()
+
+    def _setup(self) -> sqlite3.Connection:
+        """The first connection of this store: WAL mode (kept in the file) and the schema.
+
+        Switching to WAL needs the file to itself, and SQLite answers "database is locked" at
+        once, without waiting out its busy timeout, while another process is doing the same;
+        so this retries for a while instead.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=30)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.executescript(_SCHEMA)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    con.close()
+                    raise
+                time.sleep(0.02 + 0.08 * random.random())  # apart, not in step
+        self._ready = True
         return con
 
     def begin(

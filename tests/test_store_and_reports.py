@@ -122,9 +122,11 @@ def test_store_survives_concurrent_writers(tmp_path):
             store.begin(episode=f"ep{{sys.argv[1]}}", step=i, meta={{"task": "t"}}, action={{}}, artifacts_dir=None)
         """
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)]) for k in range(4)]
+    # Eight at once, all creating the file: SQLite refuses a switch to WAL under contention at
+    # once (no busy wait); the store must retry, or a writer dies with "database is locked".
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)]) for k in range(8)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
-    assert len(RunStore(tmp_path).rows()) == 80
+    assert len(RunStore(tmp_path).rows()) == 160
     assert (
         sqlite3.connect(tmp_path / "runs.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
         == "wal"
