@@ -12,27 +12,41 @@ from nanoenv.errors import PatchError, PolicyError
 from nanoenv.types import Action, TaskSpec
 
 
-def coerce_action(action: Any, max_bytes: int) -> Action:
-    """Accept a diff string, bytes, a dict or an Action.
+def coerce_action(action: Any, max_bytes: int, max_script_bytes: int | None = None) -> Action:
+    """Accept a diff string, bytes, a dict or an Action; refuse one over its size limit
+    (``max_bytes`` for a diff, ``max_script_bytes`` for a whole script) before it is kept.
 
     Raises:
         PatchError: the action has the wrong type or fields.
         PolicyError: bytes that are not UTF-8.
     """
-    if isinstance(action, Action):
-        return action
     if isinstance(action, bytes | bytearray):
-        return Action(diff=patching.decode_action_text(bytes(action), "diff"))
+        _check_size(len(action), "diff", max_bytes)
+        action = patching.decode_action_text(bytes(action), "diff")
     if isinstance(action, str):
+        _check_size(len(action.encode("utf-8", "surrogatepass")), "diff", max_bytes)
         return Action(diff=action)
+    if isinstance(action, Action):
+        # Validated again: Action.model_construct(...) skips validation and can hold anything.
+        action = {k: getattr(action, k, None) for k in ("diff", "script", "base")}
     if isinstance(action, dict):
+        limits = {"diff": max_bytes, "script": max_script_bytes or max_bytes}
+        for key, limit in limits.items():
+            if isinstance(text := action.get(key), str):
+                _check_size(len(text.encode("utf-8", "surrogatepass")), key, limit)
         try:
             return Action.model_validate(action)
         except ValueError as e:
-            raise PatchError(f"the action dict is not a valid nanoenv.Action: {e}") from None
+            raise PatchError(f"the action is not a valid nanoenv.Action: {e}") from None
     raise PatchError(
         f"an action must be a diff (str), a dict or a nanoenv.Action; got {type(action).__name__}"
     )
+
+
+def _check_size(size: int, what: str, max_bytes: int) -> None:
+    """Refuse an oversized action before any of it is written to disk."""
+    if size > max_bytes:
+        raise PolicyError(f"the {what} is {size:,} bytes; the limit is {max_bytes:,} bytes")
 
 
 def build_script(
@@ -56,7 +70,9 @@ def build_script(
     if not applied.script.strip():
         raise PolicyError("the script is empty")
     patching.check_text(applied.script, "script", task.max_script_bytes)
-    patching.check_protected(baseline, applied.script, [r.name for r in task.protected])
+    regions = [r.name for r in task.protected]
+    patching.check_protected(baseline, applied.script, regions)
+    patching.check_protected_names(baseline, applied.script, regions)
     return applied
 
 
@@ -72,6 +88,8 @@ def syntax_error(script: str, name: str) -> str | None:
         return f"SyntaxError in {name} at {where}: {e.msg}" + (f"\n    {text}" if text else "")
     except ValueError as e:  # e.g. "source code string cannot contain null bytes"
         return f"{name} cannot be compiled: {e}"
+    except (RecursionError, MemoryError, OverflowError) as e:
+        return f"{name} cannot be compiled: it is nested too deeply for Python's parser ({type(e).__name__})"
     return None
 
 
@@ -81,6 +99,6 @@ def defines_build_model(script: str) -> bool:
 
     try:
         tree = ast.parse(script)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(isinstance(n, ast.FunctionDef) and n.name == "build_model" for n in tree.body)

@@ -63,9 +63,14 @@ def _gpus() -> str:
     return f"{len(out)}x {out[0]}" if out else ""
 
 
+# How the harness times and scores a run. A baseline measured under other rules is not a
+# baseline for these: changing this string retires every cached measurement.
+RULES = "2026-12-01: time to the job's exit; hidden-val loss where the task sets it"
+
+
 def fingerprint(task: TaskSpec, sandbox: str) -> dict[str, str]:
     """What the baseline's time depends on, besides the script itself."""
-    fp = {"torch": metadata.version("torch"), "sandbox": sandbox}
+    fp = {"torch": metadata.version("torch"), "sandbox": sandbox, "rules": RULES}
     if task.device == "cuda":
         fp["gpus"] = _gpus() or "none visible"
     else:

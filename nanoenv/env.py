@@ -120,9 +120,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             )
         self.smoke = smoke
         self.max_steps = max_steps or self.task.max_steps
+        log_only = not defines_build_model(self.baseline)
         self.settings = RunSettings.for_task(
-            self.task, smoke=smoke, reward=reward, verify=verify, repeats=repeats
-        )
+            self.task, smoke=smoke, reward=reward, verify=verify, repeats=repeats,
+            log_only=log_only,
+        )  # fmt: skip
         if timeout_s is not None:
             self.settings = dataclasses.replace(self.settings, timeout_s=float(timeout_s))
         sandbox_name = sandbox if isinstance(sandbox, str) else sandbox.name
@@ -135,7 +137,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         data_root, manifest = ensure_dataset(self.task.data)
         self.runner = Runner(
             self.task, self.sandbox, data_root, manifest, self.settings,
-            log_only=not defines_build_model(self.baseline),
+            log_only=log_only,
         )  # fmt: skip
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path("nanoenv-runs")
         self.progress = progress
@@ -160,6 +162,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self._feedback = feedback.brief(
             self.task, self.settings, smoke=self.smoke, sandbox=self.sandbox.name,
             max_steps=self.max_steps, measured_on=self.baseline_measured_on,
+            containment=self.containment,
         )  # fmt: skip
         obs = self._observation(None)
         info = {
@@ -180,7 +183,10 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         The action is applied now, in order, so the next action builds on it; the run happens
         in a worker, with at most ``max_in_flight`` of this env's runs at a time.
         """
-        seeds = [int(x) for x in self.np_random.integers(2**31 - 1, size=self.settings.repeats)]
+        seeds: list[int] = []
+        while len(seeds) < self.settings.repeats:  # every repeat of a step has its own seed
+            if (seed := int(self.np_random.integers(2**31 - 1))) not in seeds:
+                seeds.append(seed)
         pending = self.episode.prepare(action, seeds)
         cancel = threading.Event()
         future = self._pool.submit(self._complete, self.episode, pending, cancel)
@@ -216,6 +222,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self.sandbox.close()
 
     # ------------------------------------------------------------------ episode state
+
+    @property
+    def containment(self) -> str:
+        """What isolates a run from the host, in a phrase (every brief says it)."""
+        return str(getattr(self.sandbox, "containment", self.sandbox.name))
 
     @property
     def script(self) -> str:

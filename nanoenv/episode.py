@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import reprlib
 import threading
 import time
 from concurrent.futures import Future
@@ -83,7 +84,15 @@ class Episode:
             pending = Pending(index=index, seeds=seeds, started=time.monotonic(), record=None)
             self.scripts.append(None)
             self.results.append(None)
-            self._prepare(pending, action)
+            try:
+                self._prepare(pending, action)
+            except Exception as e:  # a harness bug: the step still ends, on the record
+                log.exception("preparing step %d failed inside the harness", index)
+                pending.script = None
+                pending.result = self.runner.failed(
+                    index, Outcome.INFRA_ERROR, _harness_message(e, self.record), seeds[0],
+                    pending.started,
+                )  # fmt: skip
             folder = str(pending.record.path) if pending.record else None
             self._index(
                 "begin", episode=self.record.episode_id, step=index, meta=self.record.meta,
@@ -103,7 +112,7 @@ class Episode:
             p.result = runner.failed(p.index, Outcome.INFRA_ERROR, msg, p.seeds[0], p.started)
             return
         try:
-            act = coerce_action(action, self.task.max_patch_bytes)
+            act = coerce_action(action, self.task.max_patch_bytes, self.task.max_script_bytes)
             p.action = act.model_dump()
             p.record.write_action(p.action)
             p.base = self.current if act.base is None else act.base
@@ -116,7 +125,7 @@ class Episode:
             )
         except (PatchError, PolicyError) as e:
             if not (p.record.path / "action.json").exists():
-                p.action = {"unreadable": repr(action)[:10_000]}
+                p.action = {"unreadable": _excerpt(action)}
                 p.record.write_action(p.action)
             outcome = Outcome.REJECTED if isinstance(e, PolicyError) else Outcome.PATCH_FAILED
             p.result = runner.failed(p.index, outcome, str(e), p.seeds[0], p.started)
@@ -204,6 +213,13 @@ class Episode:
         """The results of the steps that have finished, in step order."""
         with self._lock:
             return [r for r in self.results if r is not None]
+
+
+def _excerpt(action: Any) -> str:
+    """A bounded repr of an action that could not be read (it may be gigabytes)."""
+    if isinstance(action, str | bytes | bytearray):
+        return repr(action[:10_000])
+    return reprlib.repr(action)
 
 
 def _harness_message(e: Exception, record: EpisodeRecord) -> str:

@@ -26,6 +26,7 @@ def brief(
     sandbox: str,
     max_steps: int,
     measured_on: str = "",
+    containment: str = "",
 ) -> str:
     """The task's brief: goal, target, rules, budget, and the baseline's numbers."""
     size = " (smoke size: a few-seconds version for tests)" if smoke else ""
@@ -37,6 +38,11 @@ def brief(
             "causality, determinism and that the reported loss is the model's; a failed check "
             "rejects the run."
         )
+        if settings.scores_hidden:
+            verify += (
+                " The loss the target and the reward use is the model's loss on the hidden val "
+                "windows (never mounted while you train), not the one your log prints."
+            )
     else:
         verify = "verify='none': losses are taken from your log, unverified."
     if settings.repeats > 1:
@@ -63,8 +69,10 @@ protected regions must stay exactly as they are:
 The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),
 define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR.
 
-How runs are measured: time by the harness's own clock, from the process's start to the last
-val_loss line (evaluations included). {verify}
+How runs are measured: time by the harness's own clock, from the process's start until every
+process of the run has exited (evaluations, work after the last val line and saving included).
+{verify}
+Sandbox: {containment or sandbox}.
 """
 
 
@@ -89,9 +97,11 @@ def _verdict_lines(result: RunResult) -> list[str]:
             if result.hidden_val_loss is not None
             else ""
         )
+        region = next((c.numbers.get("verified") for c in verdict.checks
+                       if c.name == "reported_matches"), None)  # fmt: skip
         lines = [
-            f"VERIFIED: the harness re-evaluated the saved model: val_loss {_num(result.val_loss)} "
-            f"(the script reported {_num(result.reported_val_loss)}){hidden}; causality and "
+            f"VERIFIED: the harness re-evaluated the saved model: val_loss {_num(region)} on your "
+            f"val tokens (you reported {_num(result.reported_val_loss)}){hidden}; causality and "
             "determinism hold."
         ]
     elif verdict.level == "full" and verdict.failed:
@@ -133,8 +143,8 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
     if result.train_time_s is not None and result.reported_train_time_s is not None:
         lines.append(
             f"Training time {result.train_time_s:.2f} s by the harness clock (process start, "
-            "less the task's free warm-up, to the last val line, evaluations included); the "
-            f"script reported {result.reported_train_time_s:.2f} s."
+            "less the task's free warm-up, to the exit of the run's last process, evaluations "
+            f"and saving included); the script reported {result.reported_train_time_s:.2f} s."
         )
     if (sig := result.significance) is not None:
         p = "n/a" if sig.p_value is None else f"{sig.p_value:.3g}"

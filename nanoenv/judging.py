@@ -16,6 +16,8 @@ from nanoenv.telemetry import LogParser
 from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
 
 LOG_TAIL_LINES = 40
+# Repeats whose losses agree this closely came from one run, not from several seeds.
+IDENTICAL_LOSSES = 1e-9
 
 
 def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | None:
@@ -75,6 +77,19 @@ def aggregate(runs: list[RunResult], target: float) -> RunResult:
         )
     losses = [r.val_loss if r.val_loss is not None else math.inf for r in runs]
     times = [r.train_time_s if r.train_time_s is not None else math.inf for r in runs]
+    if len(runs) > 1 and max(losses) - min(losses) <= IDENTICAL_LOSSES:
+        check = Check(
+            name="independent_repeats", passed=False,
+            detail="repeats with different NANOENV_SEED values to give different losses (a "
+            "script that ignores its seed repeats one run, and the t-test would see no noise)",
+            numbers={"runs": float(len(runs)), "loss": losses[0],
+                     "seeds_distinct": float(len({r.seed for r in runs}))},
+        )  # fmt: skip
+        verdict = verdict.model_copy(update={"checks": [*checks, check], "verified": False})
+        return first.model_copy(update={
+            "outcome": Outcome.REJECTED, "verdict": verdict,
+            "message": rejection_message(verdict.model_copy(update={"checks": [check]})),
+        })  # fmt: skip
     sig = significance(losses, times, target)
     if sig.significant:
         outcome = Outcome.OK

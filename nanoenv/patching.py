@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from nanoenv.errors import PatchError, PolicyError
 
+MAX_HUNKS = 2000
+MAX_COMPARED = 50_000_000  # about a second of list comparisons
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _PROTECTED = re.compile(r"^# --- nanoenv: protected (begin|end) \[([\w-]+)\] ---\s*$", re.M)
 # Control characters that never belong in a script (tab, newline and carriage return do).
@@ -147,42 +149,69 @@ def _target_ok(path: str | None, script_name: str) -> bool:
     return posixpath.basename(posixpath.normpath(path)) == script_name
 
 
-def _find(lines: list[str], block: list[str], start: int, lo: int, strip: bool) -> int | None:
-    """Index in ``lines`` (at or after ``lo``) where ``block`` matches, nearest to ``start``."""
-    if strip:
-        lines = [s.rstrip() for s in lines]
-        block = [s.rstrip() for s in block]
-    n, m = len(lines), len(block)
-    start = min(max(start, lo), max(n - m, lo))
-    for offset in range(max(n, 1)):
-        for pos in (start - offset, start + offset) if offset else (start,):
-            if lo <= pos <= n - m and lines[pos : pos + m] == block:
+class LineIndex:
+    """Where each line of a script occurs (exactly, and with trailing whitespace stripped), so
+    that a hunk is found by its rarest line instead of by sliding it along the whole script.
+    Built once per diff; matching a hunk costs about its length times that line's count."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = {False: lines, True: [s.rstrip() for s in lines]}
+        self.where: dict[bool, dict[str, list[int]]] = {}
+        self.compared = 0  # lines compared so far, against MAX_COMPARED
+        for strip, text in self.lines.items():
+            where: dict[str, list[int]] = {}
+            for i, line in enumerate(text):
+                where.setdefault(line, []).append(i)
+            self.where[strip] = where
+
+    def find(self, block: list[str], start: int, lo: int, strip: bool) -> int | None:
+        """Index (at or after ``lo``) where ``block`` matches, nearest to ``start``."""
+        lines, where = self.lines[strip], self.where[strip]
+        if strip:
+            block = [s.rstrip() for s in block]
+        n, m = len(lines), len(block)
+        if m == 0 or m > n - lo:
+            return None
+        k = min(range(m), key=lambda j: len(where.get(block[j], ())))  # the rarest line
+        starts = [p - k for p in where.get(block[k], ()) if lo <= p - k <= n - m]
+        for pos in sorted(starts, key=lambda p: (abs(p - start), p)):
+            self.compared += m
+            if self.compared > MAX_COMPARED:  # a diff built to be ambiguous: bounded, refused
+                raise PatchError(
+                    f"the diff is too ambiguous to place: over {MAX_COMPARED:,} lines compared; "
+                    "give hunks with distinctive context lines"
+                )
+            if lines[pos : pos + m] == block:
                 return pos
-        if start - offset < lo and start + offset > n - m:
-            break
-    return None
+        return None
 
-
-def _closest(lines: list[str], block: list[str], want: int) -> str:
-    """Describe where the block comes closest to matching (ties: nearest ``want``)."""
-    if not block:
+    def closest(self, block: list[str], want: int) -> str:
+        """Describe where the block comes closest to matching (ties: nearest ``want``)."""
+        lines = self.lines[False]
+        if not block:
+            return ""
+        votes: dict[int, int] = {}
+        for j, line in enumerate(block):
+            places = self.where[False].get(line, ())
+            if len(places) <= _MAX_VOTES:  # a line found everywhere (blank, `else:`) says nothing
+                for p in places:
+                    votes[p - j] = votes.get(p - j, 0) + 1
+        # No line of it anywhere: the closest place is where the hunk header says.
+        best_pos = max(votes, key=lambda p: (votes[p], -abs(p - want))) if votes else want
+        best_pos = min(max(best_pos, 0), max(len(lines) - 1, 0))
+        window = lines[best_pos : best_pos + len(block)]
+        score = sum(a == b for a, b in zip(window, block, strict=False))
+        for k, expected in enumerate(block):
+            got = lines[best_pos + k] if best_pos + k < len(lines) else "<end of file>"
+            if got != expected:
+                return (
+                    f" The closest place is line {best_pos + 1} ({score}/{len(block)} lines match); "
+                    f"there line {best_pos + k + 1} reads {got!r} but the hunk expects {expected!r}."
+                )
         return ""
-    best, best_pos = (-1, 0), 0
-    for pos in range(max(1, len(lines) - len(block) + 1)):
-        score = (
-            sum(a == b for a, b in zip(lines[pos : pos + len(block)], block, strict=False)),
-            -abs(pos - want),
-        )
-        if score > best:
-            best, best_pos = score, pos
-    for k, want in enumerate(block):
-        got = lines[best_pos + k] if best_pos + k < len(lines) else "<end of file>"
-        if got != want:
-            return (
-                f" The closest place is line {best_pos + 1} ({best[0]}/{len(block)} lines match); "
-                f"there line {best_pos + k + 1} reads {got!r} but the hunk expects {want!r}."
-            )
-    return ""
+
+
+_MAX_VOTES = 64
 
 
 def _trim(hunk: Hunk, fuzz: int) -> tuple[list[str], list[str]] | None:
@@ -199,7 +228,7 @@ def _trim(hunk: Hunk, fuzz: int) -> tuple[list[str], list[str]] | None:
 
 
 def _locate(
-    lines: list[str], hunk: Hunk, want: int, lo: int
+    index: LineIndex, hunk: Hunk, want: int, lo: int
 ) -> tuple[int, list[str], list[str], str] | None:
     """Where a hunk applies: exactly, ignoring trailing whitespace, or with fuzz 1 or 2 (fewer
     context lines at its ends, as GNU patch does). Returns (position, old, new, how)."""
@@ -209,7 +238,7 @@ def _locate(
             break
         old, new = trimmed
         for strip in (False, True):
-            pos = _find(lines, old, want + (len(hunk.old) - len(old)) // 2, lo, strip=strip)
+            pos = index.find(old, want + (len(hunk.old) - len(old)) // 2, lo, strip=strip)
             if pos is not None:
                 how = " ".join(filter(None, ("ignoring trailing whitespace" if strip else "",
                                              f"with fuzz {fuzz}" if fuzz else "")))  # fmt: skip
@@ -246,32 +275,44 @@ def apply_diff(source: str, diff: str, script_name: str) -> Applied:
     lines = text.split("\n")
     if had_newline:
         lines.pop()
+    if len(patch.hunks) > MAX_HUNKS:
+        raise PatchError(f"the diff has {len(patch.hunks):,} hunks; at most {MAX_HUNKS:,} apply")
+    # Every hunk is found in the original script (hunks apply in order, each after the one
+    # before), so one index serves them all; the edits are made at the end.
+    index = LineIndex(lines)
     notes: list[str] = []
-    offset, lo = 0, 0
+    edits: list[tuple[int, int, list[str]]] = []  # (position, lines removed, lines put there)
+    lo = 0
     for k, hunk in enumerate(patch.hunks, start=1):
         old, new = hunk.old, hunk.new
         if not old:  # pure insertion: after line old_start
-            pos = min(max(hunk.old_start + offset, lo), len(lines))
+            pos = min(max(hunk.old_start, lo), len(lines))
         else:
-            want = hunk.old_start - 1 + offset
-            found = _locate(lines, hunk, want, lo)
+            want = hunk.old_start - 1
+            found = _locate(index, hunk, want, lo)
             if found is None:
                 raise PatchError(
                     f"hunk {k} of {len(patch.hunks)} ({hunk.header}) does not apply: its "
                     f"{len(old)} context and removed lines are not in {script_name}"
                     + (f" after line {lo}" if lo else "")
                     + "."
-                    + _closest(lines, old, want)
+                    + index.closest(old, want)
                 )
             pos, old, new, how = found
             if how:
                 notes.append(f"hunk {k} matched {how}")
             if pos != want:
                 notes.append(f"hunk {k} applied at line {pos + 1} (offset {pos - want:+d} lines)")
-        lines[pos : pos + len(old)] = new
-        offset += len(new) - len(old)
-        lo = pos + len(new)
-    return Applied("\n".join(lines) + ("\n" if had_newline or not lines else ""), notes)
+        edits.append((pos, len(old), new))
+        lo = pos + len(old)
+    out: list[str] = []
+    at = 0
+    for pos, removed, new in edits:
+        out += lines[at:pos]
+        out += new
+        at = pos + removed
+    out += lines[at:]
+    return Applied("\n".join(out) + ("\n" if had_newline or not out else ""), notes)
 
 
 def make_diff(old: str, new: str, script_name: str = "train.py") -> str:
@@ -369,3 +410,88 @@ def check_protected(baseline: str, candidate: str, names: list[str]) -> None:
                 f"the patch changes the protected region [{name}] (line {k + 1} of the region "
                 f"now reads {shown!r}); this region must stay exactly as in the baseline"
             )
+
+
+def protected_names(baseline: str, names: list[str]) -> set[str]:
+    """The names the baseline's protected regions define at their top level (functions,
+    classes, constants, imports)."""
+    import ast
+
+    defined: set[str] = set()
+    regions = protected_regions(normalize_text(baseline))
+    for name in names:
+        if name not in regions:
+            continue
+        for node in ast.parse(regions[name]).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+            else:
+                defined.update(
+                    n.id
+                    for n in ast.walk(node)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                )
+    return defined
+
+
+def check_protected_names(baseline: str, candidate: str, names: list[str]) -> None:
+    """No name a protected region defines may be bound again anywhere else in the script:
+    keeping `evaluate` byte for byte and then redefining it below would change what it means.
+
+    A static check of the module's AST: assignments, definitions, imports, arguments, loop and
+    `with` targets, `global`/`nonlocal`, and `setattr`/`globals()[...]`/`__dict__[...]` with the
+    name as a string. It cannot see names built at run time (`exec`, `getattr` on computed
+    strings) or changes to what the region calls (torch's own functions).
+
+    Raises:
+        PolicyError: naming the name, the line, and the region it belongs to.
+    """
+    import ast
+
+    guarded = protected_names(baseline, names)
+    if not guarded:
+        return
+    text = normalize_text(candidate)
+    inside: list[tuple[int, int]] = []
+    for m in _PROTECTED.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        if m.group(1) == "begin":
+            inside.append((line, line))
+        else:
+            inside[-1] = (inside[-1][0], line)
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return  # the syntax check reports it (or the run crashes on it): nothing runs anyway
+
+    def bound(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            return [node.id]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            return [node.name]
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            return [(a.asname or a.name).split(".")[0] for a in node.names]
+        if isinstance(node, ast.arg):
+            return [node.arg]
+        if isinstance(node, ast.Global | ast.Nonlocal):
+            return list(node.names)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setattr", "delattr"):
+            return [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+        if (  # globals()["name"] = ..., module.__dict__["name"] = ...
+            isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del)
+            and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)
+        ):  # fmt: skip
+            return [node.slice.value]
+        return []
+
+    for node in ast.walk(tree):
+        for name in bound(node):
+            line = getattr(node, "lineno", 0)
+            if name in guarded and not any(a <= line <= b for a, b in inside):
+                raise PolicyError(
+                    f"line {line} binds `{name}`, which a protected region defines; a protected "
+                    "name keeps the meaning the region gives it (rename your own, e.g. "
+                    f"`my_{name}`)"
+                )

@@ -1,10 +1,17 @@
 """Reward functions. Every reward is finite; ``infra_error`` earns nothing and costs nothing.
 
-- ``time_to_target``: when the final val loss meets the target, ``log(baseline_time / time)``
-  (0 for the baseline itself, +0.69 for twice as fast, never below -1); otherwise a penalty
-  that grows with the miss, from -0.05 to -1.
-- ``loss_at_budget``: the val loss reached within the baseline's training time (+5%), against
-  the baseline's final loss, in nats (positive is better), clipped to [-1, 1].
+Each reads only what the harness measured: the run's loss as the runner set it (verified, and
+on hidden val where the task scores there) and its harness time (from the process's start to
+the exit of its last process). Nothing the script printed, its curve included, moves a reward.
+
+- ``time_to_target``: when the outcome is ``ok`` (the target met by the rule in force: the
+  loss at or below it, or with repeats a one-sided t-test at p < 0.01),
+  ``log(baseline_time / time)`` (0 for the baseline itself, +0.69 for twice as fast, never
+  below -1); otherwise a penalty that grows with the miss, from -0.05 to -1.
+- ``loss_at_budget``: the baseline's loss minus the run's verified loss, in nats (positive is
+  better), clipped to [-1, 1], for a run whose harness time is within the budget (the
+  baseline's time + 5%, given to the script as ``NANOENV_TIME_BUDGET_S``). A run that
+  overruns is penalised, -0.05 to -1 as the overrun grows: the model it saved took longer.
 - failures (``patch_failed``, ``rejected``, ``crashed``, ``timed_out``): -1.
 """
 
@@ -51,39 +58,36 @@ def time_to_target(
     if outcome not in (Outcome.OK, Outcome.MISSED_TARGET) or not _finite(val_loss):
         return FAILURE_PENALTY
     assert val_loss is not None
-    if val_loss <= ctx.target_val_loss and _finite(train_time_s):
+    if outcome is Outcome.OK and val_loss <= ctx.target_val_loss and _finite(train_time_s):
         assert train_time_s is not None
         gain = math.log(ctx.baseline_train_time_s / max(train_time_s, 1e-3))
         # A run that meets the target but is e times slower than the baseline is as useless as
         # a failure, never worse: the target met ranks at or above every failure.
         return max(FAILURE_PENALTY, min(MAX_GAIN, gain))
-    miss = (val_loss - ctx.target_val_loss) / ctx.target_val_loss
-    return -min(1.0, MISS_FLOOR + MISS_SLOPE * max(miss, 0.0))
+    return _penalty((val_loss - ctx.target_val_loss) / ctx.target_val_loss)
 
 
-def loss_within(curve: list[LossPoint], budget_s: float) -> float | None:
-    """The last reported val loss at or before ``budget_s`` of training time."""
-    best = None
-    for p in curve:
-        if p.val_loss is not None and p.train_time_s is not None and p.train_time_s <= budget_s:
-            best = p.val_loss
-    return best
+def _penalty(excess: float) -> float:
+    """-0.05 to -1 for a relative excess (over the target, or over the budget)."""
+    return -min(1.0, MISS_FLOOR + MISS_SLOPE * max(excess, 0.0))
 
 
 def loss_at_budget(
     outcome: Outcome, val_loss: float | None, train_time_s: float | None, curve: list[LossPoint],
     ctx: RewardContext,
 ) -> float:  # fmt: skip
-    """baseline loss - the loss reached within the baseline's time, in nats, clipped to [-1, 1]."""
+    """baseline loss - the run's verified loss, in nats, clipped to [-1, 1], if the run ended
+    within the budget; a penalty growing with the overrun if it did not."""
     if outcome is Outcome.INFRA_ERROR:
         return 0.0
-    if outcome not in (Outcome.OK, Outcome.MISSED_TARGET):
+    if outcome not in (Outcome.OK, Outcome.MISSED_TARGET) or not _finite(val_loss):
         return FAILURE_PENALTY
-    reached = loss_within(curve, ctx.budget_s)
-    if not _finite(reached):
+    if not _finite(train_time_s):
         return FAILURE_PENALTY
-    assert reached is not None
-    return max(-1.0, min(1.0, ctx.baseline_val_loss - reached))
+    assert val_loss is not None and train_time_s is not None
+    if train_time_s > ctx.budget_s:
+        return _penalty((train_time_s - ctx.budget_s) / ctx.budget_s)
+    return max(-1.0, min(1.0, ctx.baseline_val_loss - val_loss))
 
 
 RewardFn = Callable[

@@ -70,20 +70,30 @@ class RunSettings:
     verify: str = "full"
     repeats: int = 1
     script_overrides: dict[str, Any] = field(default_factory=dict)
+    # The reward's loss is the verified hidden val loss (and the target is on it): see
+    # TaskSpec.target_hidden_loss. Otherwise it is the loss on the script's own val tokens.
+    scores_hidden: bool = False
 
     @classmethod
     def for_task(
-        cls, task: TaskSpec, *, smoke: bool, reward: str, verify: str, repeats: int = 1
-    ) -> RunSettings:
+        cls, task: TaskSpec, *, smoke: bool, reward: str, verify: str, repeats: int = 1,
+        log_only: bool = False,
+    ) -> RunSettings:  # fmt: skip
         """Settings for a task (already at its smoke size if ``smoke``: see tasks.smoke_task)."""
         if verify not in VERIFY_LEVELS:
             raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
+        # Hidden val can score a run only where the harness re-evaluates the whole model.
+        hidden = (
+            verify == "full" and not log_only
+            and task.target_hidden_loss is not None and task.baseline.hidden_loss is not None
+        )  # fmt: skip
         return cls(
-            target_val_loss=task.target_val_loss,
+            target_val_loss=task.target_hidden_loss if hidden else task.target_val_loss,  # type: ignore[arg-type]
             baseline_train_time_s=task.baseline.train_time_s,
-            baseline_val_loss=task.baseline.val_loss,
+            baseline_val_loss=task.baseline.hidden_loss if hidden else task.baseline.val_loss,  # type: ignore[arg-type]
+            scores_hidden=hidden,
             timeout_s=task.limits.timeout_s,
             reward=reward,
             verify=verify,
@@ -126,7 +136,12 @@ class Runner:
 
     def job(self, script: str, seed: int, out_dir: Path) -> Job:
         """The sandbox job that runs ``script`` with the task's contract environment."""
-        env = {"NANOENV_SEED": str(seed), "NANOENV_DEVICE": self.task.device, **self.task.env}
+        env = {
+            "NANOENV_SEED": str(seed), "NANOENV_DEVICE": self.task.device, **self.task.env,
+            # The training time the baseline took (+5%), on the clock the reward uses: a run
+            # for loss_at_budget must have exited by then.
+            "NANOENV_TIME_BUDGET_S": f"{self.settings.reward_context.budget_s:.3f}",
+        }  # fmt: skip
         if self.settings.script_overrides:
             env["NANOENV_OVERRIDES"] = json.dumps(self.settings.script_overrides)
         limits = self.task.limits.model_copy(update={"timeout_s": self.settings.timeout_s})
@@ -226,7 +241,7 @@ class Runner:
             job_result = self.run_job(self.job(script, seed, record.out_dir), on_line, cancel)
         finally:
             record.close_log()
-        clock = harness_time(parser.points, self.task.timing)
+        clock = harness_time(parser.points, self.task.timing, job_result.exit_s)
         last = parser.last_val
         result = RunResult(
             step=step,
@@ -245,6 +260,11 @@ class Runner:
                 **job_result.telemetry,
                 **({"untimed_s": clock.untimed_s} if clock.untimed_s is not None else {}),
                 **({"harness_window_s": clock.window_s} if clock.window_s is not None else {}),
+                **(
+                    {"after_last_val_s": clock.after_last_val_s}
+                    if clock.after_last_val_s is not None
+                    else {}
+                ),
             },
             notes=list(job_result.notes),
         )
@@ -317,6 +337,7 @@ class Runner:
             eval_set,
             rng,
             keep_dir=record.path / "verify",
+            masked=[self.data_root],
         )
         if found.infra_error:
             raise _InfraError(found.infra_error)
@@ -338,12 +359,9 @@ class Runner:
         verified = all(c.passed for c in checks)
         verdict = Verdict(level="full", verified=verified, checks=checks,
                           reason="" if verified else "a check failed")  # fmt: skip
-        # A sampled re-evaluation only vouches for the reported loss (within its errors); a full
-        # one replaces it.
-        sampled = self.task.verify.positions is not None
+        # Every position was scored (or audited): the verified loss replaces the reported one.
         update = {"hidden_val_loss": n["hidden_loss"]}
-        if not sampled:
-            update["val_loss"] = n["public_loss"]
+        update["val_loss"] = n["hidden_loss"] if self.settings.scores_hidden else n["public_loss"]
         return result.model_copy(update=update), verdict
 
     def _check_data(self) -> Check | None:

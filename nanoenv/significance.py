@@ -18,7 +18,9 @@ def significance(losses: list[float], times_s: list[float], target: float) -> Si
     p: float | None = None
     if n > 1:
         if std == 0.0:
-            p = 0.0 if mean < target else 1.0
+            # No spread is no evidence: identical repeats (a script that ignores its seed)
+            # say nothing about the next run. The runner rejects them; here they fail the test.
+            p = 1.0
         else:
             from scipy import stats
 

@@ -93,13 +93,15 @@ def smoke_task(task: TaskSpec) -> TaskSpec:
     if task.smoke is None:
         raise TaskError(f"task {task.id} has no smoke size")
     s = task.smoke
-    baseline = task.baseline.model_copy(
-        update={"val_loss": s.target_val_loss, "train_time_s": s.baseline_train_time_s}
-    )
+    baseline = task.baseline.model_copy(update={
+        "val_loss": s.target_val_loss, "train_time_s": s.baseline_train_time_s,
+        "hidden_loss": s.target_hidden_loss,
+    })  # fmt: skip
     data = DataSpec(dataset=s.dataset, auto_prepare=True) if s.dataset else task.data
     return task.model_copy(
         update={
             "target_val_loss": s.target_val_loss,
+            "target_hidden_loss": s.target_hidden_loss,
             "baseline": baseline,
             "limits": task.limits.model_copy(update={**s.limits, "timeout_s": s.timeout_s}),
             "device": s.device or task.device,

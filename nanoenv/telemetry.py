@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from nanoenv.types import LossPoint
 
 # `step:12/100` (or `step:12` alone) anywhere in the line, so a rank or time prefix is fine.
-_STEP = re.compile(r"(?:^|\s)step:(\d+)(?:/(\d+))?(?=\s|$)")
+# At most 12 digits: a longer "step number" is not a step (and a 5000-digit one would make
+# int() raise), so such a line is plain log.
+_STEP = re.compile(r"(?:^|\s)step:(\d{1,12})(?:/(\d{1,12}))?(?=\s|$)")
 _TOKEN = re.compile(r"(\w+):(\S*)")
 _DURATION = re.compile(
     r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|s)?$", re.I

@@ -1,8 +1,11 @@
-"""Harness time: the run's training time, read off the receipt stamps of its log lines.
+"""Harness time: the run's training time, from the harness's own clock.
 
-The timed window runs from the step-0 ``val_loss`` line to the last ``val_loss`` line, as the
-harness received them (see TimingSpec). Warm-up before the window is free up to the task's
-allowance and charged beyond it, so training moved before step 0 still counts.
+The time the reward uses runs from the step-0 ``val_loss`` line (as the harness received it)
+to the moment every process of the job was gone, which comes after the model file is complete:
+work after the last val line (training on silently, then saving) is work, and it is timed.
+Warm-up before step 0 is free up to the task's allowance and charged beyond it, so training
+moved before step 0 still counts. The window between the first and the last val line is what
+the script's own ``train_time`` describes, and is only used to check that clock.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ class HarnessTime:
 
     window_s: float | None  # first to last val line; None when the log has no window
     untimed_s: float | None  # job start to the first val line
-    train_s: float | None  # window + untimed beyond the allowance: what the reward uses
+    train_s: float | None  # first val line to the job's exit, + untimed beyond the allowance
     reported_s: float | None  # the script's own final train_time
+    after_last_val_s: float | None = None  # last val line to the job's exit
 
 
-def harness_time(points: list[LossPoint], spec: TimingSpec) -> HarnessTime:
-    """Read the timed window from the val lines' receipt stamps."""
+def harness_time(
+    points: list[LossPoint], spec: TimingSpec, exit_s: float | None = None
+) -> HarnessTime:
+    """Read the clock from the val lines' receipt stamps and the job's exit (``exit_s``, the
+    harness time when its last process was gone; None: the last val line ends the run)."""
     vals = [p for p in points if p.val_loss is not None and p.received_s is not None]
     reported = vals[-1].train_time_s if vals else None
     if len(vals) < 2 or vals[0].step != 0 or vals[-1].step <= vals[0].step:
@@ -32,8 +39,12 @@ def harness_time(points: list[LossPoint], spec: TimingSpec) -> HarnessTime:
     first, last = vals[0].received_s, vals[-1].received_s
     assert first is not None and last is not None
     window = last - first
+    end = max(last, exit_s) if exit_s is not None else last
     charged = max(0.0, first - spec.untimed_allowance_s)
-    return HarnessTime(round(window, 4), round(first, 4), round(window + charged, 4), reported)
+    return HarnessTime(
+        round(window, 4), round(first, 4), round(end - first + charged, 4), reported,
+        round(end - last, 4),
+    )  # fmt: skip
 
 
 def timing_checks(t: HarnessTime, spec: TimingSpec) -> list[Check]:

@@ -205,6 +205,9 @@ class Limits(BaseModel):
     pids: int | None = 1024
     max_output_bytes: int = 16 * 1024 * 1024
     max_file_bytes: int = 4 * 1024**3
+    # What a job may leave in NANOENV_OUT_DIR for the host to keep: the rest is dropped, noted.
+    max_out_bytes: int = 2 * 1024**3
+    max_out_files: int = 64
     shm_mb: int = 256
 
 
@@ -246,6 +249,9 @@ class JobResult(BaseModel):
     infra_error: str | None = None
     notes: list[str] = Field(default_factory=list)
     telemetry: dict[str, float] = Field(default_factory=dict)
+    # Harness clock (seconds since the job started) when every process of the job was gone:
+    # the end of the work the reward times. None when the sandbox could not tell.
+    exit_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -279,6 +285,8 @@ class BaselineSpec(BaseModel):
 
     val_loss: float
     train_time_s: float
+    # The baseline's verified loss on the hidden val windows (see TaskSpec.target_hidden_loss).
+    hidden_loss: float | None = None
     wall_time_s: float | None = None
     hardware: str = ""
     measured: str = ""
@@ -292,6 +300,7 @@ class SmokeSpec(BaseModel):
 
     overrides: dict[str, Any] = Field(default_factory=dict)
     target_val_loss: float
+    target_hidden_loss: float | None = None
     baseline_train_time_s: float
     timeout_s: float = 120.0
     dataset: str | None = None
@@ -334,10 +343,14 @@ class VerifySpec(BaseModel):
     batch_size: int = 32
     causal_pairs: int = 16
     duplicates: int = 16
-    # Logits come back for this many positions per window (None: all). Big vocabularies need a
-    # sample: the losses are then estimates, checked within three standard errors, and the
-    # reported loss (once it agrees) is the one held against the target.
-    positions: int | None = None
+    # Big vocabularies (GPT-2's: the logits of every position would be gigabytes) are audited
+    # instead: the worker returns the log-prob of every next token, and a second, fresh worker
+    # returns raw logits at this many positions drawn only after the first has answered; the
+    # harness's own log-softmax there must match (see nanoenv.audit). None: raw logits at every
+    # position, scored by the harness alone.
+    audit_positions: int | None = None
+    # The autocast dtype the model is evaluated in on CUDA (the speedrun evaluates in bfloat16).
+    autocast: Literal["bfloat16", "float16"] | None = None
     timeout_s: float = 180.0
     logprob_tolerance: float = 2e-3
     report_tolerance: float = 0.01
@@ -374,7 +387,12 @@ class TaskSpec(BaseModel):
     device: Literal["cpu", "cuda"] = "cpu"
     gpus: int = 0
     processes: int = 1  # {procs} in the command: torchrun's --nproc_per_node
+    # The target on the loss the script reports (its own val tokens): the speedrun's rule, and
+    # what verify="none" and sampled verification hold a run against.
     target_val_loss: float
+    # The target on the hidden val windows. When set, a fully verified run is scored there: the
+    # script never saw those tokens, so nothing it memorised or shaped can move the reward.
+    target_hidden_loss: float | None = None
     data: DataSpec
     baseline: BaselineSpec
     limits: Limits = Field(default_factory=Limits)

@@ -43,8 +43,11 @@ class EvalSet:
     """The token windows verification scores: inputs ``x`` and targets ``y``, [n, T] each.
 
     ``public``: the val tokens the script reports on (the first ``public_tokens``);
-    ``spread``: public val windows drawn from the whole public split;
-    ``hidden``: hidden val windows drawn from the whole hidden split, the same way.
+    ``spread``: public val windows drawn from the whole public split, fresh for each run;
+    ``hidden``: hidden val windows drawn from the whole hidden split the same way, but the same
+    windows for every run (a fixed eval set the script never sees: runs compare on it without
+    the noise of a new sample each time; it is where a task that sets ``target_hidden_loss``
+    scores the reward).
     spread and hidden are two samples of one distribution, so an honest model scores them
     alike; the public region alone is a few passages, easier or harder than the average.
     """
@@ -115,41 +118,45 @@ def _spread(
 def load_eval_set(
     root: Path, manifest: Manifest, spec: VerifySpec, rng: np.random.Generator
 ) -> EvalSet:
-    """The public region the script reports on, and fresh spread samples of public and hidden
-    val for this run (drawn with ``rng``, which the candidate cannot know)."""
+    """The public region the script reports on, a fresh spread sample of public val for this
+    run (drawn with ``rng``, which the candidate cannot know), and the dataset's fixed sample
+    of hidden val."""
     T = spec.eval_seq_len
     px, py = _region(root, manifest.split_files("val"), spec.public_tokens, T)
     sx, sy = _spread(root, manifest.split_files("val"), spec.hidden_tokens, T, rng)
-    hx, hy = _spread(root, manifest.split_files("hidden_val"), spec.hidden_tokens, T, rng)
+    fixed = np.random.default_rng(int(manifest.content_hash()[:8], 16))
+    hx, hy = _spread(root, manifest.split_files("hidden_val"), spec.hidden_tokens, T, fixed)
     return EvalSet(px, py, hx, hy, manifest.vocab_size, sx, sy)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Which window each input row is: (kind, index into its set, cut position or -1), and the
-    positions of each row whose logits come back (all, or a sample for big vocabularies)."""
+    """Which window each input row is: (kind, index into its set, cut position or -1)."""
 
     rows: list[tuple[str, int, int]]
-    positions: np.ndarray  # [N, P] int64, sorted per row
+
+    def first(self) -> dict[tuple[str, int], int]:
+        """The row of each original window (not a twin or a duplicate)."""
+        return {(k, i): r for r, (k, i, _) in enumerate(self.rows) if k in KINDS}
 
 
 def build_inputs(
     es: EvalSet, spec: VerifySpec, rng: np.random.Generator
 ) -> tuple[np.ndarray, Layout]:
-    """All windows to score, shuffled: public, hidden, causal twins, duplicates."""
+    """All windows to score, shuffled: public, spread, hidden, causal twins, duplicates."""
     rows = [(kind, i, -1) for kind in es.kinds() for i in range(len(es.windows(kind)[0]))]
     T = es.public_x.shape[1]
-    sources = [r for r in rows]
+    sources = list(rows)
     for k in rng.choice(len(sources), size=min(spec.causal_pairs, len(sources)), replace=False):
         kind, i, _ = sources[k]
-        rows.append((f"twin-{kind}", i, int(rng.integers(0, T - 1))))
+        # The cut is before the last position: the target there is still a token of the input.
+        rows.append((f"twin-{kind}", i, int(rng.integers(0, T - 2))))
     for i in rng.choice(
         len(es.public_x), size=min(spec.duplicates, len(es.public_x)), replace=False
     ):
         rows.append(("dup-public", int(i), -1))
     order = rng.permutation(len(rows))
     rows = [rows[j] for j in order]
-    positions = _positions(rows, T, spec.positions, rng)
     x = np.empty((len(rows), T), dtype=np.int64)
     for r, (kind, i, cut) in enumerate(rows):
         base = es.windows(_source(kind))[0]
@@ -158,25 +165,7 @@ def build_inputs(
             noise = rng.integers(0, es.vocab_size, size=T - cut - 1)
             noise[0] = (base[i][cut + 1] + 1 + noise[0] % (es.vocab_size - 1)) % es.vocab_size
             x[r, cut + 1 :] = noise
-    return x, Layout(rows, positions)
-
-
-def _positions(
-    rows: list[tuple[str, int, int]], T: int, P: int | None, rng: np.random.Generator
-) -> np.ndarray:
-    """Positions to return per row: all, or a sample shared by a window, its twin and its
-    duplicate (so they compare), with at least one at or before a twin's cut."""
-    if P is None or P >= T:
-        return np.tile(np.arange(T), (len(rows), 1))
-    sample: dict[tuple[str, int], np.ndarray] = {}
-    for kind, i, cut in rows:
-        key = (_source(kind), i)
-        if key not in sample:
-            sample[key] = np.sort(rng.choice(T, size=P, replace=False))
-        if cut >= 0 and sample[key][0] > cut:
-            sample[key][0] = rng.integers(0, cut + 1)
-            sample[key].sort()
-    return np.stack([sample[(_source(k), i)] for k, i, _ in rows])
+    return x, Layout(rows)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -188,10 +177,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def score(logits: np.ndarray, layout: Layout, es: EvalSet) -> dict[str, float]:
     """Losses (with standard errors over windows) and the causality and determinism gaps, from
-    raw logits at ``layout.positions``, in harness code."""
-    first = {(k, i): r for r, (k, i, _) in enumerate(layout.rows) if k in KINDS}
-    losses: dict[str, list[np.ndarray]] = {k: [] for k in es.kinds()}
-    causal, repeat = 0.0, 0.0
+    raw logits at every position, in harness code."""
+    first = layout.first()
     logp_of: dict[int, np.ndarray] = {}
 
     def logp(r: int) -> np.ndarray:
@@ -199,25 +186,29 @@ def score(logits: np.ndarray, layout: Layout, es: EvalSet) -> dict[str, float]:
             logp_of[r] = log_softmax(logits[r])
         return logp_of[r]
 
+    per_window: dict[str, list[np.ndarray]] = {k: [] for k in es.kinds()}
+    causal, repeat = 0.0, 0.0
     for r, (kind, i, cut) in enumerate(layout.rows):
-        pos = layout.positions[r]
         if kind in KINDS:
-            y = es.windows(kind)[1][i][pos]
-            losses[kind].append(-logp(r)[np.arange(len(pos)), y])
+            y = es.windows(kind)[1][i]
+            per_window[kind].append(-logp(r)[np.arange(len(y)), y])
         elif kind.startswith("twin-"):
             orig = first[(kind.removeprefix("twin-"), i)]
-            upto = int((pos <= cut).sum())
-            diff = np.abs(logp(r)[:upto] - logp(orig)[:upto])
-            causal = max(causal, float(diff.max(initial=0.0)))
+            causal = max(causal, float(np.abs(logp(r)[: cut + 1] - logp(orig)[: cut + 1]).max()))
         else:
             repeat = max(repeat, float(np.abs(logp(r) - logp(first[("public", i)])).max()))
-    numbers = {"causal_max_diff": causal, "repeat_max_diff": repeat}
-    for kind in es.kinds():
-        numbers[f"{kind}_loss"] = float(np.concatenate(losses[kind]).mean())
-        # Windows are the independent units: the standard error of the mean over windows.
-        per_window = np.array([w.mean() for w in losses[kind]])
-        n = len(per_window)
-        numbers[f"{kind}_se"] = float(per_window.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return {"causal_max_diff": causal, "repeat_max_diff": repeat, **losses(per_window)}
+
+
+def losses(per_window: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """Each kind's mean loss over all its scored positions, and its standard error with the
+    windows as the independent units."""
+    numbers = {}
+    for kind, windows in per_window.items():
+        numbers[f"{kind}_loss"] = float(np.concatenate(windows).mean())
+        means = np.array([w.mean() for w in windows])
+        n = len(means)
+        numbers[f"{kind}_se"] = float(means.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return numbers
 
 
@@ -238,68 +229,144 @@ def reevaluate(
     es: EvalSet,
     rng: np.random.Generator,
     keep_dir: Path | None = None,
+    masked: list[Path] | None = None,
 ) -> Reevaluation:
-    """Run the worker on the run's checkpoint in a fresh sandbox (``run`` runs a job there);
-    score its logits here."""
-    spec = task.verify
+    """Re-evaluate the run's checkpoint in fresh sandboxes (``run`` runs a job there) and score
+    it here: raw logits at every position, or, where the task audits (a big vocabulary), target
+    log-probs at every position checked against raw logits at positions drawn afterwards.
+    ``masked``: host paths the worker must not see (the data)."""
     missing = [n for n in ("model.safetensors", "model.json") if not (run_out / n).is_file()]
     if missing:
         return Reevaluation({}, error=f"the run wrote no {' or '.join(missing)} to NANOENV_OUT_DIR")
-    x, layout = build_inputs(es, spec, rng)
-    with tempfile.TemporaryDirectory(prefix="nanoenv-verify-") as tmp:
-        inputs, out = Path(tmp) / "in", Path(tmp) / "out"
-        inputs.mkdir()
-        (inputs / task.script).write_text(script, encoding="utf-8")
-        for name in ("model.safetensors", "model.json"):
-            shutil.copyfile(run_out / name, inputs / name)
-        np.savez(inputs / "inputs.npz", x=x, pos=layout.positions)
-        plan = {"script": task.script, "batch_size": spec.batch_size}
-        (inputs / "plan.json").write_text(json.dumps(plan))
-        for p in inputs.iterdir():
-            p.chmod(0o644)
-        inputs.chmod(0o755)
-        limits = task.limits.model_copy(update={"timeout_s": spec.timeout_s})
-        job = Job(
-            files={WORKER.name: WORKER.read_text(encoding="utf-8")},
-            command=["{python}", WORKER.name],
-            env={"NANOENV_DEVICE": task.device},
-            input_dir=inputs,
-            out_dir=out,
-            limits=limits,
-            gpus=min(task.gpus, 1),
-            labels={"nanoenv.task": task.id, "nanoenv.role": "verify"},
+    if (problem := config_problem(run_out / "model.json")) is not None:
+        return Reevaluation({}, error=f"model.json is not a plain model config: {problem}")
+    worker = Worker(run, task, script, run_out, list(masked or []), keep_dir)
+    x, layout = build_inputs(es, task.verify, rng)
+    if task.verify.audit_positions:
+        from nanoenv.audit import audited
+
+        return audited(worker, x, layout, es, rng)
+    found = worker.run("logits", x)
+    if isinstance(found, Reevaluation):
+        return found
+    logits, report = found
+    want = x.shape
+    if logits.ndim != 3 or logits.shape[:2] != want or not np.isfinite(logits).all():
+        return Reevaluation(
+            {},
+            error=f"the logits have shape {logits.shape}, expected {want} x vocab, or are not finite",
         )
-        result = run(job)
-        if keep_dir is not None:
-            keep_dir.mkdir(parents=True, exist_ok=True)
-            (keep_dir / "log.txt").write_text("\n".join(ln.text for ln in result.lines) + "\n")
-            if (out / "report.json").is_file():
-                shutil.copyfile(out / "report.json", keep_dir / "report.json")
-        if result.infra_error:
-            return Reevaluation({}, infra_error=f"the verifier could not run: {result.infra_error}")
-        if result.timed_out:
-            return Reevaluation(
-                {}, error=f"the verifier ran past its {spec.timeout_s:.0f} s deadline"
+    return Reevaluation({**score(logits, layout, es), **report})
+
+
+@dataclass
+class Worker:
+    """Runs the verifier's worker on one checkpoint in a fresh sandbox, as often as asked."""
+
+    run_job: Callable[[Job], JobResult]
+    task: TaskSpec
+    script: str
+    run_out: Path
+    masked: list[Path]
+    keep_dir: Path | None = None
+
+    def run(
+        self, mode: str, x: np.ndarray, pos: np.ndarray | None = None, name: str = ""
+    ) -> tuple[np.ndarray, dict[str, float]] | Reevaluation:
+        """``mode`` ``logits`` (raw logits of ``x``, at ``pos`` if given) or ``logprobs`` (the
+        log-prob of each next token of ``x``). Returns the array and the worker's numbers, or
+        a Reevaluation that says why there are none."""
+        spec, task = self.task.verify, self.task
+        out_name = "logits.npy" if mode == "logits" else "logprobs.npy"
+        with tempfile.TemporaryDirectory(prefix="nanoenv-verify-") as tmp:
+            inputs, out = Path(tmp) / "in", Path(tmp) / "out"
+            inputs.mkdir()
+            (inputs / task.script).write_text(self.script, encoding="utf-8")
+            for name_ in ("model.safetensors", "model.json"):
+                shutil.copyfile(self.run_out / name_, inputs / name_)
+            arrays = {"x": x} if pos is None else {"x": x, "pos": pos}
+            np.savez(inputs / "inputs.npz", **arrays)
+            plan = {"script": task.script, "batch_size": spec.batch_size, "mode": mode,
+                    "autocast": spec.autocast if task.device == "cuda" else None}  # fmt: skip
+            (inputs / "plan.json").write_text(json.dumps(plan))
+            for p in inputs.iterdir():
+                p.chmod(0o644)
+            inputs.chmod(0o755)
+            # The worker writes two files; logits may be far bigger than a model.
+            limits = {"timeout_s": spec.timeout_s, "max_out_files": 4,
+                      "max_out_bytes": max(task.limits.max_out_bytes, 8 * 1024**3)}  # fmt: skip
+            job = Job(
+                files={WORKER.name: WORKER.read_text(encoding="utf-8")},
+                command=["{python}", WORKER.name],
+                env={"NANOENV_DEVICE": task.device},
+                input_dir=inputs,
+                out_dir=out,
+                masked=self.masked,
+                limits=task.limits.model_copy(update=limits),
+                gpus=min(task.gpus, 1),
+                labels={"nanoenv.task": task.id, "nanoenv.role": "verify"},
             )
-        report = _read_json(out / "report.json")
-        if report.get("error"):
-            return Reevaluation({}, error=str(report["error"])[:2000])
-        if result.oom:
-            return Reevaluation({}, error="the verifier ran out of memory loading the model")
-        try:
-            logits = np.load(out / "logits.npy", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            return Reevaluation({}, error=f"the verifier produced no readable logits: {e}")
-        want = layout.positions.shape
-        if logits.ndim != 3 or logits.shape[:2] != want or not np.isfinite(logits).all():
-            return Reevaluation(
-                {},
-                error=f"the logits have shape {logits.shape}, expected {want} x vocab, or are not finite",
+            result = self.run_job(job)
+            if self.keep_dir is not None:
+                keep = self.keep_dir
+                keep.mkdir(parents=True, exist_ok=True)
+                with open(keep / f"log{name}.txt", "w") as f:
+                    f.write("\n".join(ln.text for ln in result.lines) + "\n")
+                if (out / "report.json").is_file():
+                    shutil.copyfile(out / "report.json", keep / f"report{name}.json")
+            if result.infra_error:
+                return Reevaluation(
+                    {}, infra_error=f"the verifier could not run: {result.infra_error}"
+                )
+            if result.timed_out:
+                return Reevaluation(
+                    {}, error=f"the verifier ran past its {spec.timeout_s:.0f} s deadline"
+                )
+            report = _read_json(out / "report.json")
+            if report.get("error"):
+                return Reevaluation({}, error=str(report["error"])[:2000])
+            if result.oom:
+                return Reevaluation({}, error="the verifier ran out of memory loading the model")
+            try:
+                array = np.load(out / out_name, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                return Reevaluation({}, error=f"the verifier produced no readable {out_name}: {e}")
+        numbers = {"parameters": float(report.get("parameters", 0)),
+                   "eval_seconds": float(report.get("seconds", 0.0))}  # fmt: skip
+        return array, numbers
+
+
+MAX_CONFIG_BYTES = 16 * 1024
+MAX_CONFIG_STRING = 64
+
+
+def config_problem(path: Path) -> str | None:
+    """Why ``model.json`` is not a small, flat config of numbers, booleans and short words
+    (what ``build_model`` needs), or None. Nothing in it may be a path or a payload: the
+    verifier hands it to the candidate's code, so it must not carry a way to anything else."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        return f"{size:,} bytes; the limit is {MAX_CONFIG_BYTES:,}"
+    try:
+        config = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        return f"not JSON ({e})"
+    if not isinstance(config, dict):
+        return f"a JSON {type(config).__name__}, expected an object of hyperparameters"
+
+    def plain(v: object) -> bool:
+        if isinstance(v, str):
+            return len(v) <= MAX_CONFIG_STRING and "/" not in v and "\\" not in v
+        return v is None or isinstance(v, bool | int | float)
+
+    for key, value in config.items():
+        items = value if isinstance(value, list) else [value]
+        if len(key) > MAX_CONFIG_STRING or not all(plain(v) for v in items):
+            return (
+                f"the value of {key[:MAX_CONFIG_STRING]!r} is not a number, a boolean, a word of "
+                f"at most {MAX_CONFIG_STRING} characters without slashes, or a flat list of those"
             )
-        numbers = score(logits, layout, es)
-    numbers["parameters"] = float(report.get("parameters", 0))
-    numbers["eval_seconds"] = float(report.get("seconds", 0.0))
-    return Reevaluation(numbers)
+    return None
 
 
 def _read_json(path: Path) -> dict:
@@ -323,14 +390,11 @@ def model_checks(
     spread = numbers.get("spread_loss", pub)
     tol = spec.logprob_tolerance
     # Spread and hidden windows are samples of their splits, so the gaps are estimates: allow
-    # three standard errors. With a sample of positions, the reported region's loss is one too.
-    sampled = spec.positions is not None
-    se = {k: numbers.get(f"{k}_se", 0.0) for k in ("public", "spread", "hidden")}
+    # three standard errors. The reported region is scored whole: its loss is no estimate.
+    se = {k: numbers.get(f"{k}_se", 0.0) for k in ("spread", "hidden")}
     max_gap = spec.max_gap + 3 * math.hypot(se["spread"], se["hidden"])
-    max_region = spec.max_region_gap + 3 * math.hypot(
-        se["spread"], se["public"] if sampled else 0.0
-    )
-    report_tol = spec.report_tolerance + (3 * se["public"] if sampled else 0.0)
+    max_region = spec.max_region_gap + 3 * se["spread"]
+    report_tol = spec.report_tolerance
     checks = [
         Check(name="causality", passed=numbers["causal_max_diff"] <= tol,
               detail="log-probs at and before a position not to depend on later tokens",
@@ -348,6 +412,14 @@ def model_checks(
               detail="a loss no lower than this data allows",
               numbers={"loss": min(pub, spread, hid), "floor": spec.min_val_loss}),
     ]  # fmt: skip
+    if "audit_max_diff" in numbers:
+        checks.append(
+            Check(name="audit", passed=numbers["audit_max_diff"] <= tol,
+                  detail="the log-probs the verifier returned to match the harness's own "
+                  "log-softmax of raw logits at positions drawn after it answered",
+                  numbers={"max_diff": numbers["audit_max_diff"], "tolerance": tol,
+                           "positions": numbers.get("audit_positions", 0.0)})
+        )  # fmt: skip
     if reported is None or not math.isfinite(reported):
         checks.append(
             Check(

@@ -9,9 +9,13 @@ trained weights: they are read with safetensors (never unpickled) and loaded thr
 own ``Module.load_state_dict``, captured before the candidate is imported, then compared.
 
 Input (``$NANOENV_INPUT_DIR``): ``train.py``, ``model.safetensors``, ``model.json``,
-``inputs.npz`` (``x``: int64 token windows, [N, T], shuffled; ``pos``: the positions of each
-window to return, [N, P]) and ``plan.json``.
-Output (``$NANOENV_OUT_DIR``): ``logits.npy`` (float32, [N, P, vocab]) and ``report.json``.
+``inputs.npz`` (``x``: int64 token windows, [N, T], shuffled; optionally ``pos``: the positions
+of each window to return, [N, P]) and ``plan.json`` (``mode``: ``logits`` or ``logprobs``).
+Output (``$NANOENV_OUT_DIR``): ``logits.npy`` (float32, [N, P or T, vocab]), or for
+``logprobs`` ``logprobs.npy`` (float32, [N, T - 1]: the log-prob of token t + 1 at position t,
+every target a token of the input, so the worker learns nothing the input does not hold), and
+``report.json``. The log-probs are computed here, next to the candidate's code: the harness
+audits them against raw logits from a second run (nanoenv/audit.py).
 """
 
 import importlib.util
@@ -32,6 +36,9 @@ _state_dict = torch.nn.Module.state_dict
 _Tensor = torch.Tensor
 _no_grad = torch.no_grad
 _equal = torch.equal
+_gather = torch.gather
+_log_softmax = torch.log_softmax
+_autocast = torch.autocast
 _np_save = np.save
 _perf = time.perf_counter
 _exit = os._exit
@@ -119,10 +126,15 @@ def main():
     model = model.to(device)
     model.eval()
     x_all = torch.from_numpy(inputs["x"])
-    pos_all = torch.from_numpy(inputs["pos"])
+    pos_all = torch.from_numpy(inputs["pos"]) if "pos" in inputs else None
+    logprobs = plan.get("mode") == "logprobs"
+    cast = plan.get("autocast")
     chunks = []
     t = _perf()
-    with _no_grad():
+    with (
+        _no_grad(),
+        _autocast(device_type=device, dtype=getattr(torch, cast or "float32"), enabled=bool(cast)),
+    ):
         for i in range(0, len(x_all), plan["batch_size"]):
             x = x_all[i : i + plan["batch_size"]].to(device)
             try:
@@ -141,11 +153,19 @@ def main():
                     out_dir,
                     f"forward returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; expected [B, T, vocab]",
                 )
-            pos = pos_all[i : i + plan["batch_size"]].to(logits.device)
-            picked = torch.gather(logits, 1, pos[:, :, None].expand(-1, -1, logits.size(-1)))
-            chunks.append(_Tensor.numpy(_Tensor.cpu(_Tensor.float(_Tensor.detach(picked)))).copy())
+            logits = _Tensor.float(_Tensor.detach(logits))
+            if logprobs:
+                lp = _log_softmax(logits[:, :-1], -1)
+                picked = _gather(lp, 2, _Tensor.unsqueeze(x[:, 1:], -1))[..., 0]
+            elif pos_all is not None:
+                pos = pos_all[i : i + plan["batch_size"]].to(logits.device)
+                picked = _gather(logits, 1, pos[:, :, None].expand(-1, -1, logits.size(-1)))
+            else:
+                picked = logits
+            chunks.append(_Tensor.numpy(_Tensor.cpu(picked)).copy())
     report["seconds"] = _perf() - t
-    _np_save(os.path.join(out_dir, "logits.npy"), np.concatenate(chunks))
+    name = "logprobs.npy" if logprobs else "logits.npy"
+    _np_save(os.path.join(out_dir, name), np.concatenate(chunks))
     write_report(report, out_dir)
     sys.stdout.flush()
     # Leave at once: exit handlers or threads the candidate registered do not get to run after

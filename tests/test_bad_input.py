@@ -90,6 +90,18 @@ BAD_INPUTS = [
         Outcome.PATCH_FAILED,
         "base=99 names a step that has not run",
     ),
+    (
+        "unvalidated-action",  # model_construct skips pydantic's validation
+        Action.model_construct(diff=123),
+        Outcome.PATCH_FAILED,
+        "not a valid nanoenv.Action",
+    ),
+    (
+        "one-deep-expression",  # 100,000 unary minus signs: Python's parser gives up
+        Action(script=BASELINE + "\nx = " + "-" * 100_000 + "1\n"),
+        Outcome.CRASHED,
+        "nested too deeply",
+    ),
     ("never-ends", Action(diff=NEVER_ENDS, base=0), Outcome.TIMED_OUT, "deadline"),
     ("crash-halfway", Action(script=CRASH_HALFWAY), Outcome.CRASHED, "exited with code 1"),
 ]
@@ -152,9 +164,24 @@ def test_timed_out_run_was_killed_at_its_deadline(walk):
     assert [p.step for p in timed.val_curve] == [0]
 
 
+def test_absurd_step_numbers_are_plain_log(walk):
+    """Val lines with 400- and 5000-digit step numbers (once an OverflowError in the
+    observation, and a dead reader thread) are plain log: the run goes on and is judged."""
+    digits = 'print("step:" + "9" * {n} + "/20 val_loss:0.1 train_time:1ms", flush=True)'
+    script = BASELINE.replace(
+        "def main():\n", "def main():\n    " + digits.format(n=400) + "\n    " + digits.format(n=5000) + "\n"
+    )  # fmt: skip
+    obs, reward, _, _, info = walk.step(Action(script=script))
+    result = info["result"]
+    assert result.outcome is Outcome.OK, obs["feedback"]
+    assert walk.observation_space.contains(obs) and math.isfinite(reward)
+    assert all(p.step <= 20 for p in result.curve)
+    assert "9" * 400 in (Path(result.artifacts_dir) / "log.txt").read_text()
+
+
 def test_env_works_normally_afterwards(walk):
     """After all of that, a real step from the baseline runs and meets the target."""
     obs, reward, _, _, info = walk.step(Action(diff="", base=0))
     assert info["result"].outcome is Outcome.OK, obs["feedback"]
     assert obs["script"] == BASELINE and math.isfinite(reward)
-    assert len(walk.unwrapped.results) == len(BAD_INPUTS) + 1
+    assert len(walk.unwrapped.results) == len(BAD_INPUTS) + 2

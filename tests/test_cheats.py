@@ -7,6 +7,7 @@ Runs are smoke-size (a few seconds) in the local sandbox unless a cheat is about
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -58,7 +59,17 @@ def honest(tiny_data, tmp_path_factory):
 
 
 def step(env, action):
-    return env.step(action)[4]["result"]
+    """Step, and with NANOENV_CHEAT_TABLE=FILE set, note the result there for
+    benchmarks/cheat_table.py (one JSON line per run: the test, its outcome and reward)."""
+    result = env.step(action)[4]["result"]
+    if table := os.environ.get("NANOENV_CHEAT_TABLE"):
+        row = {"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "sandbox": env.unwrapped.sandbox.name,
+               "reward_kind": env.unwrapped.settings.reward, "outcome": result.outcome.value,
+               "reward": result.reward, "verified": result.verdict.verified,
+               "message": result.message[:160]}  # fmt: skip
+        with open(table, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return result
 
 
 # Smoke runs take about 5 s and their timing varies by a few tenths: log-time rewards of two
@@ -223,7 +234,10 @@ def test_writing_into_the_data_dir(honest):
         except OSError as e:
             print("REFUSED", e.errno, flush=True)
     """)))  # fmt: skip
-    assert "REFUSED 30" in (Path(result.artifacts_dir) / "log.txt").read_text()
+    log = (Path(result.artifacts_dir) / "log.txt").read_text()
+    # EROFS from the read-only mount, or EACCES first where the job has no capabilities
+    # (root without CAP_DAC_OVERRIDE meets the shards' 0444 before the mount)
+    assert "REFUSED 30" in log or "REFUSED 13" in log
     assert_caught(result, ok)
     verify_dataset(dataset_root("tiny-shakespeare-bytes"))
 

@@ -44,7 +44,8 @@ def test_reset_returns_brief_and_baseline(make_env):
     env = make_env()
     obs, info = env.reset(seed=1)
     assert obs["script"] == BASELINE
-    assert "Goal: reach val_loss <= 3.5600" in obs["feedback"]
+    assert "Goal: reach val_loss <= 3.5300" in obs["feedback"]  # the smoke size's hidden target
+    assert "hidden val windows" in obs["feedback"]
     assert "[data]" in obs["feedback"] and "[log]" in obs["feedback"]
     assert obs["outcome"] == "" and math.isinf(obs["val_loss"]) and obs["curve_points"] == 0
     assert env.observation_space.contains(obs)
@@ -65,11 +66,18 @@ def test_a_real_step_end_to_end(make_env):
     assert obs["curve_points"] == 5
     last = result.val_curve[-1]
     np.testing.assert_allclose(obs["curve"][4], [20, last.train_time_s, last.val_loss])
-    # The harness re-evaluated the model: its loss is the script's, to the reported digits.
+    # The harness re-evaluated the model: on the script's own val tokens its loss is the
+    # script's, to the reported digits; the reward's loss is the one on hidden val.
     assert result.verdict.verified and "VERIFIED" in obs["feedback"]
-    assert abs(result.val_loss - last.val_loss) < 1e-3 and result.hidden_val_loss > 0
-    # Harness time: process start to the last val line, more than the script's own clock.
+    region = next(c for c in result.verdict.checks if c.name == "reported_matches").numbers
+    assert abs(region["verified"] - last.val_loss) < 1e-3
+    assert result.val_loss == result.hidden_val_loss > 0
+    # Harness time: process start to the exit of the job, more than the script's own clock
+    # and more than the window up to the last val line (saving the model is work).
     assert result.train_time_s > result.reported_train_time_s == last.train_time_s
+    assert (
+        result.train_time_s > result.telemetry["harness_window_s"] + result.telemetry["untimed_s"]
+    )
     assert result.telemetry["cpu_time_s"] > 0 and result.telemetry["peak_rss_mb"] > 50
     step_dir = Path(result.artifacts_dir)
     names = {p.name for p in step_dir.iterdir()}

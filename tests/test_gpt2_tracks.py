@@ -134,3 +134,32 @@ def test_bring_your_own_baseline(gpt2_data, tmp_path):
     assert "UNVERIFIED" in obs["feedback"] and "no build_model" in obs["feedback"]
     assert [p.step for p in result.val_curve] == [0, 5, 10]
     assert result.val_loss == result.reported_val_loss
+
+
+def test_audited_verification_scores_every_position_and_catches_a_tampered_log_softmax(
+    gpt2_data, tmp_path
+):
+    """GPT-2's vocabulary is audited: the log-prob of every next token, then raw logits at
+    positions drawn afterwards. A script that, imported by the verifier, overrides torch's own
+    log-softmax kernel (torch.library, below the Python names the worker captured) to claim a
+    loss 0.5 nats better is caught by the audit; an honest run passes it."""
+    env = gym.make(GPU_IDS[0], smoke=True, runs_dir=tmp_path, disable_env_checker=True)
+    env.reset(seed=0)
+    honest = env.step("")[4]["result"]
+    audit = next(c for c in honest.verdict.checks if c.name == "audit")
+    assert honest.verdict.verified and audit.passed and audit.numbers["positions"] >= 64
+    tamper = textwrap.dedent("""
+        if os.environ.get("NANOENV_INPUT_DIR"):  # only inside the verifier
+            _lib = torch.library.Library("aten", "IMPL")
+
+            def _better_log_softmax(x, dim, half_to_float):
+                return x - torch.logsumexp(x, dim, keepdim=True) + 0.5
+
+            _lib.impl("_log_softmax", _better_log_softmax, "CPU")
+    """)
+    script = env.unwrapped.script
+    anchor = "\n# --- nanoenv: protected begin [data] ---"
+    cheat = env.step({"script": script.replace(anchor, tamper + anchor, 1)})[4]["result"]
+    env.close()
+    assert cheat.outcome is Outcome.REJECTED, cheat.message
+    assert "audit" in [c.name for c in cheat.verdict.failed], cheat.message

@@ -178,3 +178,27 @@ def test_fuzz_never_applies_a_hunk_with_no_anchor_left():
     diff = "--- a/train.py\n+++ b/train.py\n@@ -5,2 +5,3 @@\n nowhere a\n+new\n nowhere b\n"
     with pytest.raises(PatchError, match="does not apply"):
         apply_diff(SOURCE, diff, "train.py")
+
+
+def test_a_huge_hunk_on_a_huge_script_applies_by_its_lines():
+    """A 16,000-line hunk on a 32,000-line script (once minutes of sliding comparisons) is
+    found by an index of lines; `benchmarks/patch_matching.py` times it."""
+    script = "".join(f"x{i} = {i}\n" for i in range(32_000))
+    lines = script.splitlines()
+    body = "".join(f"-{ln}\n+{ln}  # changed\n" if i % 1000 == 0 else f" {ln}\n"
+                   for i, ln in enumerate(lines[8_000:24_000]))  # fmt: skip
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -8001,16000 +8001,16000 @@\n" + body
+    applied = apply_diff(script, diff, "train.py")
+    out = applied.script.splitlines()
+    assert (
+        len(out) == 32_000
+        and out[8_000] == "x8000 = 8000  # changed"
+        and out[8_001] == "x8001 = 8001"
+    )
+
+
+def test_too_many_hunks_are_refused():
+    """A diff of more hunks than any script change needs is refused, not ground through."""
+    hunk = "@@ -1,1 +1,1 @@\n-a\n+b\n"
+    with pytest.raises(PatchError, match="hunks; at most 2,000 apply"):
+        apply_diff("a\n", "--- a/train.py\n+++ b/train.py\n" + hunk * 2001, "train.py")

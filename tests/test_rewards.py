@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nanoenv.rewards import REWARDS, RewardContext, get_reward, loss_within
+from nanoenv.rewards import REWARDS, RewardContext, get_reward
 from nanoenv.types import LossPoint, Outcome
 
 CTX = RewardContext(target_val_loss=2.5, baseline_train_time_s=30.0, baseline_val_loss=2.5)
@@ -43,11 +43,30 @@ def test_missing_grows_with_the_miss_and_never_ties_meeting():
     assert f(Outcome.CRASHED, None, None, [], CTX) == -1.0
 
 
-def test_loss_at_budget_uses_the_curve_within_budget():
-    """loss_at_budget reads the last val point inside the baseline's time (+5%)."""
-    late = [*CURVE, LossPoint(step=30, val_loss=2.0, train_time_ms=40_000)]
-    assert loss_within(late, CTX.budget_s) == 2.45
-    assert REWARDS["loss_at_budget"](Outcome.OK, 2.0, 40.0, late, CTX) == pytest.approx(0.05)
+def test_loss_at_budget_scores_the_verified_loss_of_a_run_within_budget():
+    """loss_at_budget is the baseline's loss minus the run's (verified) loss; the script's
+    curve plays no part, so a fake early point earns nothing."""
+    fake = [LossPoint(step=1, val_loss=0.5, train_time_ms=1)]  # a "great" reported point
+    f = REWARDS["loss_at_budget"]
+    assert f(Outcome.OK, 2.45, 30.0, fake, CTX) == pytest.approx(0.05)
+    assert f(Outcome.OK, 2.45, 30.0, [], CTX) == pytest.approx(0.05)
+
+
+def test_loss_at_budget_penalises_an_overrun():
+    """A run past the budget (the baseline's time + 5%) is penalised, more for a longer one,
+    whatever its loss."""
+    f = REWARDS["loss_at_budget"]
+    assert f(Outcome.OK, 2.45, CTX.budget_s, [], CTX) == pytest.approx(0.05)
+    over, far = (f(Outcome.OK, 1.0, t, [], CTX) for t in (CTX.budget_s * 1.01, 200.0))
+    assert -1.0 == far < over <= -0.05
+
+
+def test_time_reward_is_paid_only_for_the_target_met_by_the_rule():
+    """Under repeats, a mean below the target that is not significant is missed_target, and
+    earns no time reward, only the smallest miss penalty."""
+    f = REWARDS["time_to_target"]
+    assert f(Outcome.MISSED_TARGET, 2.4, 1.0, CURVE, CTX) == pytest.approx(-0.05)
+    assert f(Outcome.OK, 2.4, 1.0, CURVE, CTX) == pytest.approx(math.log(30.0))
 
 
 def test_unknown_reward_names_the_choices():

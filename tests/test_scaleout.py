@@ -37,23 +37,33 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 def _tagged(tag: str) -> list[tuple[int, str]]:
-    """(pid, NANOENV_HARNESS_PID) of live processes whose command line holds ``tag``."""
+    """(pid, the pid of the Ray worker above it, or "") of live processes whose command line
+    holds ``tag``. The worker is found up the parent chain: a job's environment carries no
+    harness pid where a PID namespace contains it."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-            if tag.encode() not in cmd:
-                continue
-            env = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        owner = next(
-            (e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"NANOENV_HARNESS_PID=")), ""
-        )
-        found.append((int(entry.name), owner))
+        if tag.encode() in cmd and b"pgrep" not in cmd:
+            found.append((int(entry.name), _ancestor(int(entry.name), b"ray::")))
     return found
+
+
+def _ancestor(pid: int, needle: bytes) -> str:
+    """The nearest ancestor of ``pid`` whose command line holds ``needle``, or ""."""
+    while pid > 1:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            pid = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")))
+            if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return str(pid)
+        except (OSError, StopIteration, ValueError):
+            return ""
+    return ""
 
 
 def sleeper(tag: str, seconds: int = 120) -> Action:

@@ -195,3 +195,57 @@ def test_spread_windows_come_from_the_whole_split_and_change_with_the_seed(tmp_p
     assert len(set(starts)) == 64 and starts.min() < 10_000 and starts.max() > 40_000
     assert a.hidden_x[:, 0].max() < 20_000  # hidden windows come from the hidden split
     assert not np.array_equal(a.spread_x, b.spread_x)
+
+
+def _audit(lp_shift: float = 0.0, peek: bool = False, seed: int = 4) -> dict[str, float]:
+    """Both phases of audited verification on a numpy "model": the first phase's log-probs
+    (shifted by ``lp_shift``, as a tampered log-softmax would), the audit's raw logits."""
+    from nanoenv.audit import _audit_plan, score_audited
+
+    rng = np.random.default_rng(seed)
+    es = _eval_set(rng)
+    x, layout = build_inputs(es, VerifySpec(causal_pairs=4, duplicates=3), rng)
+    logits = _causal_logits(x)
+    if peek:  # the next token's logit raised: every target is in the input
+        logits[:, :-1] += 3.0 * np.eye(V)[x[:, 1:]]
+    full = log_softmax(logits)
+    lp = np.take_along_axis(full[:, :-1], x[:, 1:, None], -1)[..., 0] + lp_shift
+    rows, pos = _audit_plan(layout, len(x), T, 16, rng)
+    audit_logits = np.stack([logits[r][pos[j]] for j, r in enumerate(rows)])
+    return score_audited(lp, x, rows, pos, audit_logits, layout, es)
+
+
+def test_an_honest_audit_passes_and_scores_every_next_token():
+    """An honest model: the audit agrees exactly, no causal or repeat gap, and the loss is the
+    mean over every next token of the input."""
+    numbers = _audit()
+    assert numbers["audit_max_diff"] < 1e-9
+    assert numbers["causal_max_diff"] == 0.0 and numbers["repeat_max_diff"] == 0.0
+    assert numbers["audit_positions"] >= 16
+
+
+def test_the_audit_catches_tampered_log_probs_and_peeking():
+    """Log-probs claimed better than the logits say fail the audit; a model that reads the
+    next token (a target that lies in its input) breaks causality at a twin's cut."""
+    assert _audit(lp_shift=0.1)["audit_max_diff"] == pytest.approx(0.1)
+    assert _audit(peek=True)["causal_max_diff"] > 0.1
+
+
+def test_model_config_must_be_plain(tmp_path):
+    """model.json is a small flat config: no paths, no payloads, no nesting."""
+    from nanoenv.verify import config_problem
+
+    cases = {
+        '{"n_layer": 4, "act": "relu2", "dims": [1, 2]}': None,
+        '{"data": "/root/.cache/nanoenv"}': "slashes",
+        '{"nested": {"a": 1}}': "flat list",
+        "[1, 2]": "expected an object",
+        '{"x": "' + "a" * 100 + '"}': "at most 64",
+        "not json": "not JSON",
+        '{"pad": "' + " " * 20_000 + '"}': "the limit is 16,384",
+    }
+    for text, problem in cases.items():
+        path = tmp_path / "model.json"
+        path.write_text(text)
+        found = config_problem(path)
+        assert (found is None) if problem is None else (problem in found), (text[:40], found)

@@ -6,6 +6,7 @@ about gymnasium or the environment.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -17,6 +18,7 @@ from typing import IO, Protocol, runtime_checkable
 
 from nanoenv.types import Job, JobResult, StampedLine
 
+log = logging.getLogger(__name__)
 LineCallback = Callable[[StampedLine], None]
 CANCELLED = "cancelled by the caller"
 
@@ -100,7 +102,10 @@ class OutputPump:
             )
             self.lines.append(line)
             if self.on_line is not None:
-                self.on_line(line)
+                try:
+                    self.on_line(line)
+                except Exception:  # a bad line must never stop the reader: the pipe would fill
+                    log.exception("the line callback failed on %r", line.text[:200])
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the readers to see end of file."""
@@ -131,52 +136,87 @@ class LineSplitter:
             self.buf = b""
 
 
-def copy_out(src: Path, dest: Path, max_bytes: int) -> list[str]:
-    """Copy regular files from ``src`` to ``dest``, never following links or leaving ``src``.
+class OutBudget:
+    """What the host keeps of a job's out dir: at most ``max_files`` files and ``max_bytes``
+    bytes (a sparse file pays its apparent size). The rest is dropped and summed up in one note,
+    so a job that writes 20,000 files costs the feedback one line, not 20,000."""
 
-    Returns notes on what was skipped (links, devices, files past the size budget).
-    """
-    notes: list[str] = []
+    def __init__(self, max_bytes: int, max_files: int) -> None:
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes_left, self.files_left = max_bytes, max_files
+        self.dropped_files = self.dropped_bytes = 0
+        self._notes: list[str] = []
+
+    def take(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes may be kept (and pay for it if so)."""
+        if self.files_left <= 0 or size > self.bytes_left:
+            self.dropped_files += 1
+            self.dropped_bytes += size
+            return False
+        self.files_left -= 1
+        self.bytes_left -= size
+        return True
+
+    def note(self, text: str) -> None:
+        """Something skipped for what it is (a link, a device); the first few are kept."""
+        if len(self._notes) < 10:
+            self._notes.append(text)
+        elif len(self._notes) == 10:
+            self._notes.append("(more entries of the out dir skipped)")
+
+    def notes(self) -> list[str]:
+        dropped = []
+        if self.dropped_files:
+            dropped.append(
+                f"dropped {self.dropped_files:,} file(s) ({self.dropped_bytes:,} bytes) of the out "
+                f"dir: the harness keeps at most {self.max_files:,} files and {self.max_bytes:,} "
+                "bytes (write model.safetensors and model.json, little else)"
+            )
+        return self._notes + dropped
+
+
+def copy_out(src: Path, dest: Path, max_bytes: int, max_files: int) -> list[str]:
+    """Copy regular files from ``src`` to ``dest``, never following links or leaving ``src``,
+    within an :class:`OutBudget`. Returns notes on what was skipped."""
+    budget = OutBudget(max_bytes, max_files)
     if not src.is_dir():
-        return notes
+        return []
     dest.mkdir(parents=True, exist_ok=True)
-    budget = max_bytes
     for root, dirs, files in os.walk(src, followlinks=False):
         rel_root = Path(root).relative_to(src)
+        dirs.sort()
         for d in list(dirs):
             if os.path.islink(os.path.join(root, d)):
-                notes.append(f"skipped link {rel_root / d} in the out dir")
+                budget.note(f"skipped link {rel_root / d} in the out dir")
                 dirs.remove(d)
-        for name in files:
+        # The model files first, so that no amount of clutter can crowd them out.
+        for name in sorted(files, key=lambda n: (not n.startswith("model."), n)):
             path = os.path.join(root, name)
             st = os.lstat(path)
             rel = rel_root / name
             if not stat.S_ISREG(st.st_mode):
-                notes.append(f"skipped {rel} in the out dir: not a regular file")
+                budget.note(f"skipped {rel} in the out dir: not a regular file")
                 continue
-            if st.st_size > budget:
-                notes.append(f"skipped {rel} in the out dir: over the {max_bytes:,}-byte budget")
+            if not budget.take(st.st_size):
                 continue
-            budget -= st.st_size
             (dest / rel_root).mkdir(parents=True, exist_ok=True)
             # O_NOFOLLOW: a link swapped in after the lstat above is refused, not followed.
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, "rb") as fin, open(dest / rel, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
-    return notes
+    return budget.notes()
 
 
-def extract_tar(tar_path: Path, dest: Path, max_bytes: int) -> list[str]:
+def extract_tar(tar_path: Path, dest: Path, max_bytes: int, max_files: int) -> list[str]:
     """Unpack regular files and folders from a tar stream into ``dest``; nothing else.
 
-    Links, devices, absolute paths and ``..`` are refused; files past the size budget are
-    skipped. Returns notes on what was skipped.
+    Links, devices, absolute paths and ``..`` are refused; files past the
+    :class:`OutBudget` are dropped. Returns notes on what was skipped.
     """
     import tarfile
 
-    notes: list[str] = []
+    budget = OutBudget(max_bytes, max_files)
     dest.mkdir(parents=True, exist_ok=True)
-    budget = max_bytes
     extracted: set[str] = set()
     with tarfile.open(tar_path, "r|") as tar:  # a stream: members are read in order, once
         for member in tar:
@@ -184,7 +224,7 @@ def extract_tar(tar_path: Path, dest: Path, max_bytes: int) -> list[str]:
             if name == ".":
                 continue
             if name.startswith(("/", "..")) or os.path.isabs(name):
-                notes.append(f"skipped {member.name!r} in the out dir: outside it")
+                budget.note(f"skipped {member.name!r} in the out dir: outside it")
                 continue
             if member.isdir():
                 (dest / name).mkdir(parents=True, exist_ok=True)
@@ -193,30 +233,22 @@ def extract_tar(tar_path: Path, dest: Path, max_bytes: int) -> list[str]:
                 # A hard link to a file of this same archive: a second copy of it, paid for
                 # again, or a thousand links to one big file would fill the host's disk.
                 target = dest / os.path.normpath(member.linkname)
-                size = target.stat().st_size
-                if size > budget:
-                    notes.append(
-                        f"skipped {name} in the out dir: over the {max_bytes:,}-byte budget"
-                    )
-                    continue
-                budget -= size
-                shutil.copyfile(target, dest / name)
-                extracted.add(name)
+                if budget.take(target.stat().st_size):
+                    shutil.copyfile(target, dest / name)
+                    extracted.add(name)
                 continue
             if not member.isfile():
-                notes.append(f"skipped {name} in the out dir: not a regular file")
+                budget.note(f"skipped {name} in the out dir: not a regular file")
                 continue
-            if member.size > budget:
-                notes.append(f"skipped {name} in the out dir: over the {max_bytes:,}-byte budget")
+            if not budget.take(member.size):
                 continue
-            budget -= member.size
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             src = tar.extractfile(member)
             assert src is not None
             with open(dest / name, "wb") as f:
                 shutil.copyfileobj(src, f)
             extracted.add(name)
-    return notes
+    return budget.notes()
 
 
 def result_from(
@@ -228,9 +260,11 @@ def result_from(
     oom: bool = False,
     notes: list[str] | None = None,
     telemetry: dict[str, float] | None = None,
+    exit_s: float | None = None,
 ) -> JobResult:
     """Assemble a JobResult from a finished pump and the child's fate."""
     return JobResult(
+        exit_s=None if exit_s is None else round(exit_s, 4),
         exit_code=exit_code,
         lines=sorted(pump.lines, key=lambda x: x.t),
         wall_time_s=round(time.monotonic() - t0, 4),

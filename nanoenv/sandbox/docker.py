@@ -141,6 +141,10 @@ class DockerSandbox:
             self._swept = True
         return self._client
 
+    containment = (
+        "docker: a throwaway container, no network, read-only root, no capabilities, non-root"
+    )
+
     def close(self) -> None:
         """Close the client's connection."""
         if self._client is not None:
@@ -323,6 +327,7 @@ class DockerSandbox:
         info = api.exec_inspect(exec_id)
         exit_code = None if info.get("Running") else info.get("ExitCode")
         notes: list[str] = []
+        exit_s = None
         if pump.truncated:
             notes.append(f"output passed {job.limits.max_output_bytes:,} bytes: job killed")
         if not timed_out and not pump.truncated and job.out_dir is not None:
@@ -331,6 +336,7 @@ class DockerSandbox:
                 container.id, ["sh", "-c", "kill -9 -1; true"], user=f"{UID}:{UID}"
             )
             api.exec_start(kill_rest["Id"])
+            exit_s = time.monotonic() - t0  # the exec ended and nothing it started is left
             notes += self._copy_out(api, container, job)
         telemetry = _usage(container)
         container.reload()
@@ -339,8 +345,9 @@ class DockerSandbox:
             exit_code == 137 and not timed_out and not pump.truncated
         )
         return result_from(
-            pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes, telemetry=telemetry
-        )
+            pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes, telemetry=telemetry,
+            exit_s=exit_s,
+        )  # fmt: skip
 
     def _copy_out(self, api: Any, container: Any, job: Job) -> list[str]:
         """Stream /work/out out of the container as a tar, and unpack it safely."""
@@ -348,7 +355,7 @@ class DockerSandbox:
         exec_id = api.exec_create(
             container.id, ["tar", "-C", "/work/out", "-cf", "-", "."], user=f"{UID}:{UID}"
         )["Id"]
-        cap = job.limits.max_file_bytes
+        cap = job.limits.max_out_bytes
         with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
             size = 0
             for out, _err in api.exec_start(exec_id, stream=True, demux=True):
@@ -360,7 +367,7 @@ class DockerSandbox:
             tmp.flush()
             if size == 0:
                 return ["the out dir could not be read"]
-            return extract_tar(Path(tmp.name), job.out_dir, cap)
+            return extract_tar(Path(tmp.name), job.out_dir, cap, job.limits.max_out_files)
 
 
 def _usage(container: Any) -> dict[str, float]:

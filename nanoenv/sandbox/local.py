@@ -1,13 +1,15 @@
 """The local sandbox: a subprocess in its own session, in a temporary workspace.
 
-**Not a security boundary.** It runs the script as the calling user, with that user's
-files in reach. It exists for development and the CPU track: it keeps honest scripts from
-hurting each other and the host by accident (a fresh workspace, resource limits, a deadline
-that kills the whole process group and any process that carries the job's marker, no network
-a read-only data dir, and the hidden val split masked where network and mount namespaces can
-be made), not from an adversary: a script running as your user can still find the raw corpus
-elsewhere on your disk, or leave files behind for later runs. Use ``sandbox="docker"`` for
-untrusted patches.
+**Not a security boundary.** It runs the script as the calling user, on this machine's
+kernel. It exists for development and the CPU track. Where bubblewrap (``bwrap``, the
+Debian package ``bubblewrap``) is installed, each job runs in it: new PID, network, IPC and
+mount namespaces with their own ``/proc``, the host's file system read-only, nanoenv's cache
+and ``~/.cache`` hidden (only the job's own data dir comes back, read-only), a fresh ``/tmp``,
+all capabilities dropped, and every process of the job killed when its first one exits.
+Without bubblewrap, ``unshare`` gives new network, mount and PID namespaces and masks the
+hidden paths, but the host's files stay writable; without either, nothing is contained.
+:func:`containment` says which is in force and every brief repeats it. Use
+``sandbox="docker"`` for untrusted patches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import glob
+import json
 import logging
 import os
 import resource
@@ -52,6 +56,23 @@ _INHERITED = (
 )  # fmt: skip
 _GRACE_S = 2.0
 # SIOCGIFFLAGS / SIOCSIFFLAGS on "lo", setting IFF_UP: `ip link set lo up` without iproute2.
+# Inside bubblewrap the job's processes are not our children, so their CPU time and peak RSS
+# come from this wrapper, which runs the command, waits for it and writes its rusage down.
+USAGE_FILE = ".nanoenv-usage.json"
+_USAGE_WRAPPER = (
+    "import json, os, signal, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump([ru.ru_utime + ru.ru_stime, ru.ru_maxrss], f)\n"
+    "code = os.waitstatus_to_exitcode(status)\n"
+    "if code < 0:\n"
+    "    signal.signal(-code, signal.SIG_DFL)\n"
+    "    os.kill(os.getpid(), -code)\n"
+    "sys.exit(code)\n"
+)
 _LOOPBACK_UP = (
     "import fcntl, socket, struct\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -68,15 +89,41 @@ def _read_only(paths: list[str]) -> str:
     )
 
 
+_BWRAP_BASE = (
+    "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+    "--tmpfs", "/dev/shm", "--unshare-all", "--die-with-parent", "--new-session",
+    "--cap-drop", "ALL",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _bwrap() -> str | None:
+    """The bubblewrap executable, if it is installed and can make its namespaces here."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return None
+    try:
+        probe = subprocess.run([exe, *_BWRAP_BASE, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if probe.returncode != 0:
+        log.warning("bwrap is installed but cannot run here: %s", probe.stderr.decode()[-300:])
+        return None
+    return exe
+
+
 @functools.lru_cache(maxsize=1)
 def namespace_support() -> tuple[tuple[str, ...] | None, bool]:
-    """How jobs can be isolated here: an ``unshare`` prefix for new network and mount
-    namespaces (None if none can be made), and whether read-only bind mounts work in them.
-    """
+    """The ``unshare`` fallback: a prefix for new network, mount and PID namespaces (None if
+    none can be made), and whether read-only bind mounts work in them."""
     exe = shutil.which("unshare")
     if exe is None:
         return None, False
-    for prefix in ((exe, "--net", "--mount"), (exe, "--net", "--mount", "--map-root-user")):
+    pid = ("--pid", "--fork", "--mount-proc")
+    for prefix in (
+        (exe, "--net", "--mount", *pid),
+        (exe, "--net", "--mount", "--map-root-user", *pid),
+    ):
         try:
             if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode:
                 continue
@@ -88,6 +135,28 @@ def namespace_support() -> tuple[tuple[str, ...] | None, bool]:
         except (OSError, subprocess.TimeoutExpired):
             continue
     return None, False
+
+
+def containment() -> str:
+    """Which isolation the local sandbox gives its jobs here, in a phrase for the brief."""
+    if _bwrap() is not None:
+        return ("bubblewrap: own PID, network and mount namespaces, host files read-only, "
+                "nanoenv's cache and ~/.cache hidden")  # fmt: skip
+    prefix, read_only = namespace_support()
+    if prefix is not None:
+        how = "data read-only" if read_only else "data NOT read-only"
+        return f"unshare fallback (install bubblewrap): own PID and network namespaces, {how}, host files writable"
+    return "none (install bubblewrap): the job runs with your files and network in reach"
+
+
+def hidden_host_paths(job: Job) -> list[Path]:
+    """Host paths no job may see: nanoenv's cache (data, baselines), the user's ~/.cache
+    (pip's copy of the raw corpus, the HF cache) and whatever the job masks. The job's own
+    data and input dirs come back on top, read-only."""
+    from nanoenv.data import cache_dir  # the sandbox's one look at nanoenv: where its cache is
+
+    paths = [cache_dir(), Path.home() / ".cache", *job.masked]
+    return [p for p in dict.fromkeys(paths) if p.is_dir()]
 
 
 def _user_task_count() -> int:
@@ -193,20 +262,62 @@ class LocalSandbox:
         self.isolate_network = isolate_network
         sweep_orphans()
 
+    @property
+    def containment(self) -> str:
+        """What isolates this sandbox's jobs here (see :func:`containment`)."""
+        return f"local, {containment()}" if self.isolate_network else "local, not isolated"
+
     def close(self) -> None:
         """Nothing to release."""
 
-    def _isolate(self, cmd: list[str], job: Job, notes: list[str]) -> list[str]:
-        """Wrap the command in new network and mount namespaces, with the data read-only."""
+    def _isolate(self, cmd: list[str], job: Job, workspace: Path, notes: list[str]) -> list[str]:
+        """Wrap the command in bubblewrap, or in unshare's namespaces where there is none."""
+        if not self.isolate_network:
+            return self._unisolated(cmd, job, notes)
+        if (bwrap := _bwrap()) is not None:
+            usage = str(workspace / USAGE_FILE)
+            return [bwrap, *self._bwrap_args(job, workspace), "--",
+                    self.python, "-c", _USAGE_WRAPPER, usage, *cmd]  # fmt: skip
+        return self._unshared(cmd, job, notes)
+
+    def _bwrap_args(self, job: Job, workspace: Path) -> list[str]:
+        args = list(_BWRAP_BASE)
+        if job.network:
+            args.append("--share-net")
+        hidden = hidden_host_paths(job)
+        shown = [p for p in (job.data_dir, job.input_dir) if p is not None]
+        # An empty folder where each hidden one was; inside, the job's own dirs come back
+        # read-only, then anything hidden inside those goes again, then the folders go read-only.
+        tops = [p for p in hidden if not any(q in p.parents for q in hidden)]
+        for path in tops:
+            args += ["--tmpfs", str(path)]
+        for path in shown:
+            args += ["--ro-bind", str(path), str(path)]
+        for path in hidden:
+            if path not in tops and any(d == path or d in path.parents for d in shown):
+                args += ["--tmpfs", str(path)]
+        for path in tops:
+            args += ["--remount-ro", str(path)]
+        for dev in sorted(glob.glob("/dev/nvidia*")) if job_gpu_count(job) else []:
+            args += ["--dev-bind", dev, dev]
+        # The workspace last: it may lie under /tmp or a hidden folder. TMPDIR points into it.
+        return [*args, "--bind", str(workspace), str(workspace), "--chdir", str(workspace)]
+
+    def _unisolated(self, cmd: list[str], job: Job, notes: list[str]) -> list[str]:
+        if not job.network:
+            notes.append("network not isolated: no network namespace could be made here")
+        if job.data_dir is not None:
+            notes.append("data dir not read-only: no mount namespace could be made here")
+        if job.masked:
+            notes.append("hidden paths not masked: no mount namespace could be made here")
+        return cmd
+
+    def _unshared(self, cmd: list[str], job: Job, notes: list[str]) -> list[str]:
+        """The fallback: new network, mount and PID namespaces (own /proc), data read-only,
+        hidden paths masked; the rest of the host stays writable."""
         prefix, read_only = namespace_support()
-        if not self.isolate_network or prefix is None:
-            if not job.network:
-                notes.append("network not isolated: no network namespace could be made here")
-            if job.data_dir is not None:
-                notes.append("data dir not read-only: no mount namespace could be made here")
-            if job.masked:
-                notes.append("hidden paths not masked: no mount namespace could be made here")
-            return cmd
+        if prefix is None:
+            return self._unisolated(cmd, job, notes)
         steps = []
         if job.network:
             prefix = tuple(p for p in prefix if p != "--net")
@@ -242,7 +353,10 @@ class LocalSandbox:
             NANOENV_OUT_DIR=str(out_dir),
         )
         env[MARKER] = job_id
-        env[OWNER] = str(os.getpid())
+        if _bwrap() is None or not self.isolate_network:
+            # Only where no PID namespace ends the job's processes with it: the sweeper finds
+            # a dead harness's leftovers by this. Inside one, the job never learns our pid.
+            env[OWNER] = str(os.getpid())
         if job.data_dir is not None:
             env["NANOENV_DATA_DIR"] = str(job.data_dir)
         if job.input_dir is not None:
@@ -274,7 +388,7 @@ class LocalSandbox:
             out_dir.mkdir()
             (workspace / "tmp").mkdir()
             cmd = render_command(job.command, python=self.python, gpus=job_gpu_count(job))
-            cmd = self._isolate(cmd, job, notes)
+            cmd = self._isolate(cmd, job, workspace, notes)
             nproc = None
             if os.getuid() != 0 and job.limits.pids:
                 nproc = _user_task_count() + job.limits.pids
@@ -301,23 +415,30 @@ class LocalSandbox:
             _kill_group(pgid, signal.SIGKILL)
             if (n := _kill_marked(job_id)) > 0:
                 notes.append(f"killed {n} process(es) the script left running")
+            exit_s = time.monotonic() - t0  # every process of the job is gone now
             pump.join()
             if pump.truncated:
                 notes.append(f"output passed {job.limits.max_output_bytes:,} bytes: job killed")
             if job.out_dir is not None:
-                notes += copy_out(out_dir, job.out_dir, job.limits.max_file_bytes)
+                notes += copy_out(
+                    out_dir, job.out_dir, job.limits.max_out_bytes, job.limits.max_out_files
+                )
             wall = time.monotonic() - t0
+            cpu_s, rss_kb = _usage(workspace, rusage)
+            if cmd[0] == _bwrap() and exit_code > 128:  # bwrap says 128 + n for a signal n
+                exit_code = -(exit_code - 128)
             telemetry = {
-                "cpu_time_s": rusage.ru_utime + rusage.ru_stime,
-                "cpu_util": (rusage.ru_utime + rusage.ru_stime) / max(wall, 1e-9),
-                "peak_rss_mb": rusage.ru_maxrss / 1024.0,
+                "cpu_time_s": cpu_s,
+                "cpu_util": cpu_s / max(wall, 1e-9),
+                "peak_rss_mb": rss_kb / 1024.0,
             }
             oom = exit_code == -signal.SIGKILL and not timed_out and not pump.truncated
             if oom or any("MemoryError" in line.text for line in pump.lines[-50:]):
                 oom = True
             result = result_from(
-                pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes, telemetry=telemetry
-            )
+                pump, exit_code, t0, timed_out=timed_out, oom=oom, notes=notes,
+                telemetry=telemetry, exit_s=exit_s,
+            )  # fmt: skip
             if cancel is not None and cancel.is_set():
                 result = result.model_copy(update={"infra_error": CANCELLED})
             return result
@@ -334,6 +455,17 @@ class LocalSandbox:
                 proc.wait()
             _kill_marked(job_id)
             shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _usage(workspace: Path, rusage: resource.struct_rusage) -> tuple[float, float]:
+    """CPU seconds and peak RSS (KiB) of the job: the wrapper's record inside bubblewrap (a
+    job could rewrite it, which moves telemetry only), else our own child's rusage."""
+    own = (rusage.ru_utime + rusage.ru_stime, float(rusage.ru_maxrss))
+    try:
+        cpu, rss = json.loads((workspace / USAGE_FILE).read_text())
+        return max(float(cpu), own[0]), max(float(rss), own[1])
+    except (OSError, ValueError, TypeError):
+        return own
 
 
 def _wait(

@@ -42,11 +42,11 @@ def _pack(folder: Path | None) -> bytes | None:
     return buf.getvalue()
 
 
-def _unpack(data: bytes, dest: Path, max_bytes: int) -> list[str]:
+def _unpack(data: bytes, dest: Path, max_bytes: int, max_files: int) -> list[str]:
     with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
         tmp.write(data)
         tmp.flush()
-        return extract_tar(Path(tmp.name), dest, max_bytes)
+        return extract_tar(Path(tmp.name), dest, max_bytes, max_files)
 
 
 def _dataset_on_node(data_dir: Path, manifest_hash: str | None) -> tuple[Path, str]:
@@ -77,7 +77,7 @@ def run_on_node(
             update["data_dir"] = root / "public"
             update["masked"] = [root / "hidden"]
         if inputs is not None:
-            _unpack(inputs, work / "in", 1 << 40)
+            _unpack(inputs, work / "in", 1 << 40, 1 << 20)
             update["input_dir"] = work / "in"
         if job_gpu_count(job):
             update["gpus"] = [int(i) for i in ray.get_gpu_ids()]  # Ray chose them
@@ -196,7 +196,7 @@ class RaySandbox:
             with self._lock:
                 self._running.pop(key, None)
         if out is not None and job.out_dir is not None:
-            notes = _unpack(out, job.out_dir, job.limits.max_file_bytes)
+            notes = _unpack(out, job.out_dir, job.limits.max_out_bytes, job.limits.max_out_files)
             result = result.model_copy(update={"notes": result.notes + notes})
         return result
 
