@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nanoenv import patching
+from nanoenv import patching, protected
 from nanoenv.errors import PatchError, PolicyError
 from nanoenv.types import Action, TaskSpec
 
@@ -71,8 +71,8 @@ def build_script(
         raise PolicyError("the script is empty")
     patching.check_text(applied.script, "script", task.max_script_bytes)
     regions = [r.name for r in task.protected]
-    patching.check_protected(baseline, applied.script, regions)
-    patching.check_protected_names(baseline, applied.script, regions)
+    protected.check_protected(baseline, applied.script, regions)
+    protected.check_protected_names(baseline, applied.script, regions)
     return applied
 
 

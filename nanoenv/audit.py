@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoenv.verify import KINDS, EvalSet, Layout, Reevaluation, Worker, log_softmax, losses
+from nanoenv.verifier import Reevaluation, Worker
+from nanoenv.verify import KINDS, EvalSet, Layout, log_softmax, losses
 
 
 def audited(

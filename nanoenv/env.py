@@ -17,10 +17,11 @@ from nanoenv import feedback
 from nanoenv.actions import defines_build_model
 from nanoenv.data import ensure_dataset
 from nanoenv.episode import Episode, Pending, StepHandle
-from nanoenv.patching import protected_regions
+from nanoenv.protected import protected_regions
 from nanoenv.records import EpisodeRecord
-from nanoenv.runner import ProgressFn, Runner, RunSettings
+from nanoenv.runner import ProgressFn, Runner
 from nanoenv.sandbox import Sandbox, make_sandbox
+from nanoenv.settings import RunSettings
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
 from nanoenv.store import RunStore
 from nanoenv.tasks import baseline_script, load_task, smoke_task

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from nanoenv.runner import RunSettings
+from nanoenv.settings import RunSettings
 from nanoenv.types import Outcome, RunResult, TaskSpec
 
 _CURVE_ROWS = 16

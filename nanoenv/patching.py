@@ -1,4 +1,4 @@
-"""Apply and police patches: which file, which regions, how big, what encoding.
+"""Apply and police patches: which file, how big, what encoding (regions: protected.py).
 
 A patch is a unified diff against the task's one script, with git-style (``a/train.py``,
 ``b/train.py``) or plain (``train.py``) headers, or bare ``@@`` hunks with no header at all.
@@ -24,7 +24,6 @@ from nanoenv.errors import PatchError, PolicyError
 MAX_HUNKS = 2000
 MAX_COMPARED = 50_000_000  # about a second of list comparisons
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-_PROTECTED = re.compile(r"^# --- nanoenv: protected (begin|end) \[([\w-]+)\] ---\s*$", re.M)
 # Control characters that never belong in a script (tab, newline and carriage return do).
 _BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
@@ -358,140 +357,3 @@ def decode_action_text(data: bytes, what: str) -> str:
         raise PolicyError(
             f"the {what} is not valid UTF-8: byte {data[e.start]:#04x} at offset {e.start}"
         ) from None
-
-
-def protected_regions(script: str) -> dict[str, str]:
-    """Map each protected region's name to its text (markers included).
-
-    Raises:
-        PolicyError: a marker is missing, unbalanced, or repeated.
-    """
-    regions: dict[str, str] = {}
-    open_at: dict[str, int] = {}
-    for m in _PROTECTED.finditer(script):
-        kind, name = m.group(1), m.group(2)
-        if kind == "begin":
-            if name in open_at or name in regions:
-                raise PolicyError(f"protected region [{name}] begins twice")
-            open_at[name] = m.start()
-        else:
-            if name not in open_at:
-                raise PolicyError(f"protected region [{name}] ends without a begin marker")
-            regions[name] = script[open_at.pop(name) : m.end()]
-    if open_at:
-        raise PolicyError(f"protected region [{next(iter(open_at))}] has no end marker")
-    return regions
-
-
-def check_protected(baseline: str, candidate: str, names: list[str]) -> None:
-    """Every named protected region of the baseline must stand unchanged in the candidate.
-
-    Raises:
-        PolicyError: naming the region and the first line that differs.
-    """
-    if not names:
-        return
-    before = protected_regions(normalize_text(baseline))
-    after = protected_regions(normalize_text(candidate))
-    for name in names:
-        if name not in after:
-            raise PolicyError(
-                f"the protected region [{name}] is gone: keep the lines between "
-                f"`# --- nanoenv: protected begin [{name}] ---` and its end marker as they are"
-            )
-        if after[name] != before.get(name):
-            old, new = before.get(name, "").split("\n"), after[name].split("\n")
-            k = next(
-                (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
-                min(len(old), len(new)),
-            )
-            shown = new[k] if k < len(new) else "<end of region>"
-            raise PolicyError(
-                f"the patch changes the protected region [{name}] (line {k + 1} of the region "
-                f"now reads {shown!r}); this region must stay exactly as in the baseline"
-            )
-
-
-def protected_names(baseline: str, names: list[str]) -> set[str]:
-    """The names the baseline's protected regions define at their top level (functions,
-    classes, constants, imports)."""
-    import ast
-
-    defined: set[str] = set()
-    regions = protected_regions(normalize_text(baseline))
-    for name in names:
-        if name not in regions:
-            continue
-        for node in ast.parse(regions[name]).body:
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                defined.add(node.name)
-            elif isinstance(node, ast.Import | ast.ImportFrom):
-                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
-            else:
-                defined.update(
-                    n.id
-                    for n in ast.walk(node)
-                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-                )
-    return defined
-
-
-def check_protected_names(baseline: str, candidate: str, names: list[str]) -> None:
-    """No name a protected region defines may be bound again anywhere else in the script:
-    keeping `evaluate` byte for byte and then redefining it below would change what it means.
-
-    A static check of the module's AST: assignments, definitions, imports, arguments, loop and
-    `with` targets, `global`/`nonlocal`, and `setattr`/`globals()[...]`/`__dict__[...]` with the
-    name as a string. It cannot see names built at run time (`exec`, `getattr` on computed
-    strings) or changes to what the region calls (torch's own functions).
-
-    Raises:
-        PolicyError: naming the name, the line, and the region it belongs to.
-    """
-    import ast
-
-    guarded = protected_names(baseline, names)
-    if not guarded:
-        return
-    text = normalize_text(candidate)
-    inside: list[tuple[int, int]] = []
-    for m in _PROTECTED.finditer(text):
-        line = text.count("\n", 0, m.start()) + 1
-        if m.group(1) == "begin":
-            inside.append((line, line))
-        else:
-            inside[-1] = (inside[-1][0], line)
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return  # the syntax check reports it (or the run crashes on it): nothing runs anyway
-
-    def bound(node: ast.AST) -> list[str]:
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
-            return [node.id]
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            return [node.name]
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            return [(a.asname or a.name).split(".")[0] for a in node.names]
-        if isinstance(node, ast.arg):
-            return [node.arg]
-        if isinstance(node, ast.Global | ast.Nonlocal):
-            return list(node.names)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setattr", "delattr"):
-            return [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
-        if (  # globals()["name"] = ..., module.__dict__["name"] = ...
-            isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del)
-            and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str)
-        ):  # fmt: skip
-            return [node.slice.value]
-        return []
-
-    for node in ast.walk(tree):
-        for name in bound(node):
-            line = getattr(node, "lineno", 0)
-            if name in guarded and not any(a <= line <= b for a, b in inside):
-                raise PolicyError(
-                    f"line {line} binds `{name}`, which a protected region defines; a protected "
-                    "name keeps the meaning the region gives it (rename your own, e.g. "
-                    f"`my_{name}`)"
-                )

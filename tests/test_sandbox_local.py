@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from nanoenv.sandbox.base import copy_out, extract_tar
-from nanoenv.sandbox.local import LocalSandbox, _bwrap, namespace_support
+from nanoenv.sandbox.isolation import bwrap, namespace_support
+from nanoenv.sandbox.local import LocalSandbox
 from nanoenv.types import Job, Limits
 
 
@@ -75,7 +76,7 @@ def test_deadline_kills_the_whole_group_and_escaped_daemons():
     assert result.timed_out
     assert result.wall_time_s < 10
     # Inside bubblewrap the PID namespace takes them all at once; the fallback hunts them down.
-    assert _bwrap() is not None or any("left running" in n for n in result.notes)
+    assert bwrap() is not None or any("left running" in n for n in result.notes)
     assert _leftovers(tag) == []
 
 
@@ -136,7 +137,7 @@ def test_environment_is_the_contract_not_the_host(monkeypatch):
     )
     # No harness pid in a job's environment where a PID namespace contains it.
     want = ["NANOENV_JOB_ID", "NANOENV_OUT_DIR"]
-    if _bwrap() is None:
+    if bwrap() is None:
         want = ["NANOENV_HARNESS_PID", *want]
     assert lines[0].text == str(want)
 
@@ -241,9 +242,9 @@ def test_data_dir_is_read_only(tmp_path):
 def test_bubblewrap_contains_jobs_where_it_is_installed():
     """Where bubblewrap is installed (CI requires it), the local sandbox runs every job in it,
     and says so; elsewhere the brief names the weaker fallback."""
-    from nanoenv.sandbox.local import containment
+    from nanoenv.sandbox.isolation import containment
 
-    if _bwrap() is None:
+    if bwrap() is None:
         if os.environ.get("NANOENV_REQUIRE_BWRAP") == "1":
             pytest.fail("bubblewrap is required here (NANOENV_REQUIRE_BWRAP=1) but cannot run")
         pytest.skip("bubblewrap is not installed")

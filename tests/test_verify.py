@@ -233,7 +233,7 @@ def test_the_audit_catches_tampered_log_probs_and_peeking():
 
 def test_model_config_must_be_plain(tmp_path):
     """model.json is a small flat config: no paths, no payloads, no nesting."""
-    from nanoenv.verify import config_problem
+    from nanoenv.verifier import config_problem
 
     cases = {
         '{"n_layer": 4, "act": "relu2", "dims": [1, 2]}': None,
