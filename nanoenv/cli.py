@@ -268,8 +268,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     for task_id in task_ids():
         t = load_task(task_id)
+        target = (
+            f"hidden val {t.target_hidden_loss:.4f}"
+            if t.target_hidden_loss is not None
+            else f"val {t.target_val_loss:.4f}"
+        )
         print(
-            f"nanoenv/{t.id:<28} target {t.target_val_loss:.4f}  baseline {t.baseline.train_time_s:.1f} s  {t.title}"
+            f"nanoenv/{t.id:<28} target {target}  baseline {t.baseline.train_time_s:.1f} s  {t.title}"
         )
     return 0
 

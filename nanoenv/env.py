@@ -56,11 +56,14 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     ## Rewards
 
-    Computed from what the harness measured: the re-evaluated loss (``verify="full"``) and the
-    harness's clock (process start to the last val line). ``time_to_target`` (default):
-    log(baseline time / time) when the target is met, else a penalty from -0.05 to -1 growing
-    with the miss. ``loss_at_budget``: the baseline's loss minus the loss reached within the
-    baseline's time. Failures and rejections cost -1; ``infra_error`` 0.
+    Computed from what the harness measured: the re-evaluated loss (``verify="full"``; on the
+    tiny track the loss on hidden val windows, which no run sees) and the harness's clock
+    (process start to the exit of the run's last process). ``time_to_target`` (default):
+    log(baseline time / time) when the outcome is ``ok`` (the target met, with repeats at
+    p < 0.01), else a penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the
+    baseline's loss minus the run's verified loss, for a run that ended within the baseline's
+    time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. Failures and rejections
+    cost -1; ``infra_error`` 0.
 
     ## Episode End
 
@@ -81,7 +84,10 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     ## Version History
 
-    * v0: first release.
+    * v0: first release. Since 2026-12-01 (anti-gaming rules, not a new task): time runs to
+      the job's exit, the tiny track scores hidden val against ``target_hidden_loss``, the GPU
+      tracks audit every position, identical repeats are rejected. Rewards from before are not
+      comparable with later ones; paired baselines measured before are not reused.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
