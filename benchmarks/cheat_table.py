@@ -44,7 +44,8 @@ def main() -> None:
     print(f"\n{'cheat':<72} {'sandbox':<7} {'outcome':<14} {'reward':>8} {'honest':>8}")
     for r in rows:
         module, _, name = r["test"].partition("::")
-        name = name.removesuffix(" (call)").removesuffix(" (setup)")
+        honest_run = name.endswith(" (setup)")  # the module's honest no-ops, in its fixture
+        name = "(honest no-op)" if honest_run else name.removesuffix(" (call)")
         honest = (
             ""
             if r["reward_kind"] != "time_to_target"

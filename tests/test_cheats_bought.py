@@ -181,6 +181,30 @@ def test_memorising_val_tokens_earns_nothing(honest, sandbox, windows, boost, re
     assert result.val_loss > ok.val_loss - 0.05
 
 
+def test_memorising_the_region_buys_nothing_at_budget(tiny_data, tmp_path):
+    """Under loss_at_budget every nat of loss is reward: the memorised region once paid its
+    whole drop. The reward's loss is the hidden one, so it pays what an honest run does."""
+    import gymnasium as gym
+
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, reward="loss_at_budget",
+                   runs_dir=tmp_path, disable_env_checker=True)  # fmt: skip
+    env.reset(seed=0)
+    honest = step(env, "")
+    cheat = step(env, _lookup_model("VAL_TOKENS", 0.4))
+    env.close()
+    assert cheat.verdict.verified, cheat.message
+    region = next(c for c in cheat.verdict.checks if c.name == "reported_matches").numbers
+    honest_region = next(c for c in honest.verdict.checks if c.name == "reported_matches").numbers
+    assert region["verified"] < honest_region["verified"] - 0.1  # memorised, it did ...
+    # ... but the reward's loss is the hidden one: the same recipe's, within seed noise (sd 0.01
+    # at smoke size). Within the budget that loss is the reward; past it, a penalty. (Losses,
+    # not rewards, are compared: whether a smoke run ends inside the budget is timing noise.)
+    assert cheat.val_loss == cheat.hidden_val_loss > honest.val_loss - 0.05
+    ctx = env.unwrapped.settings.reward_context
+    if cheat.train_time_s <= ctx.budget_s:
+        assert cheat.reward == pytest.approx(ctx.baseline_val_loss - cheat.val_loss)
+
+
 @pytest.mark.parametrize("sandbox", ["local", DOCKER])
 def test_the_verifier_cannot_read_host_data(honest, sandbox, request, tmp_path):
     """build_model, run by the verifier, loads the val and hidden shards from the host (by a
