@@ -47,10 +47,11 @@ log = logging.getLogger(__name__)
 MARKER = "NANOENV_JOB_ID"
 OWNER = "NANOENV_HARNESS_PID"
 _PR_SET_PDEATHSIG = 1
-# What a job inherits from the harness's environment; everything else is left behind.
+# What a job inherits from the harness's environment; everything else is left behind. Not a
+# compile cache (TORCHINDUCTOR_CACHE_DIR): kernels one run compiled would run in the next.
 _INHERITED = (
     "PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CUDA_HOME",
-    "SSL_CERT_FILE", "TORCHINDUCTOR_CACHE_DIR",
+    "SSL_CERT_FILE",
 )  # fmt: skip
 _GRACE_S = 2.0
 
