@@ -262,3 +262,19 @@ def test_bubblewrap_contains_jobs_where_it_is_installed():
     pid, shown = lines[0].text.split(" ", 1)
     assert int(pid) < 10 and "'1'" in shown  # its own PID namespace and /proc
     assert lines[1].text == "READ-ONLY 30"
+
+
+def test_an_interpreter_under_tmp_stays_visible(tmp_path):
+    """A fresh /tmp hides other jobs' files, not the job's own Python: a virtual environment
+    made under /tmp (as a CI checkout may be) still runs its jobs."""
+    import sys
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    job = Job(
+        files={"m.py": "print('ran')"}, command=["{python}", "m.py"], limits=Limits(timeout_s=20)
+    )
+    result = LocalSandbox(python=str(venv / "bin" / "python")).run(job)
+    assert result.exit_code == 0, [ln.text for ln in result.lines]
+    assert [ln.text for ln in result.lines] == ["ran"]

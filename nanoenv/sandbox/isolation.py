@@ -13,6 +13,7 @@ import resource
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -139,26 +140,40 @@ def isolate(
         return _unisolated(cmd, job, notes)
     if (exe := bwrap()) is not None:
         usage = str(workspace / USAGE_FILE)
-        return [exe, *_bwrap_args(job, workspace), "--",
+        return [exe, *_bwrap_args(job, workspace, python), "--",
                 python, "-c", _USAGE_WRAPPER, usage, *cmd]  # fmt: skip
     return _unshared(cmd, job, python, notes)
 
 
-def _bwrap_args(job: Job, workspace: Path) -> list[str]:
+def interpreter_dirs(python: str) -> list[Path]:
+    """The folders a job's Python lives in (a virtual environment, and the installation it
+    points to): a job must see them even where they lie under /tmp or a hidden folder."""
+    exe = Path(python).absolute()
+    dirs = [exe.parent.parent, exe.resolve().parent.parent]
+    if exe == Path(sys.executable).absolute():
+        dirs += [Path(sys.prefix), Path(sys.base_prefix)]
+    return [d for d in dict.fromkeys(dirs) if d.is_dir() and d != Path("/")]
+
+
+def _bwrap_args(job: Job, workspace: Path, python: str) -> list[str]:
     args = list(_BWRAP_BASE)
     if job.network:
         args.append("--share-net")
     hidden = hidden_host_paths(job)
-    shown = [p for p in (job.data_dir, job.input_dir) if p is not None]
-    # An empty folder where each hidden one was; inside, the job's own dirs come back
-    # read-only, then anything hidden inside those goes again, then the folders go read-only.
+    # The interpreter, then the job's own dirs: visible (read-only) wherever they lie.
+    shown = [
+        *interpreter_dirs(python),
+        *(p for p in (job.data_dir, job.input_dir) if p is not None),
+    ]
+    # An empty folder where each hidden one was; then the shown dirs, read-only, wherever they
+    # lie; then anything hidden inside those goes again; then the empty folders go read-only.
     tops = [p for p in hidden if not any(q in p.parents for q in hidden)]
     for path in tops:
         args += ["--tmpfs", str(path)]
     for path in shown:
         args += ["--ro-bind", str(path), str(path)]
-    for path in hidden:
-        if path not in tops and any(d == path or d in path.parents for d in shown):
+    for path in hidden:  # a shown folder may hold a hidden one (a venv in ~, ~/.cache in it)
+        if any(d == path or d in path.parents for d in shown):
             args += ["--tmpfs", str(path)]
     for path in tops:
         args += ["--remount-ro", str(path)]
