@@ -10,8 +10,8 @@ design rather than the local sandbox.
 from __future__ import annotations
 
 import os
-import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -295,21 +295,35 @@ def test_no_way_out_through_proc(honest):
 
 def test_an_escaped_daemon_dies_with_its_run(honest, tmp_path):
     """A child started with setsid and an empty environment (no job marker) outlives nothing:
-    it dies with the run, and the next run's out dir holds only what that run wrote."""
+    it dies with the run (it once woke up afterwards and wrote where it liked), and the next
+    run's out dir holds only what that run wrote."""
     env, ok = honest
     tag = f"nanoenv-escaped-{os.getpid()}"
+    proof = tmp_path / "the-daemon-was-here"
+    woke = (
+        "import glob, time\\ntime.sleep(4)\\n"
+        f"open({str(proof)!r}, 'w').write('x')\\n"
+        "for d in glob.glob('/tmp/nanoenv-job-*/out'):\\n    open(d + '/planted', 'w').write('x')"
+    )
     result = step(env, edit(at_main(f"""
         import subprocess, sys
-        subprocess.Popen(["setsid", "env", "-i", sys.executable, "-c",
-            "import glob, time\\ntime.sleep(4)\\nfor d in glob.glob('/tmp/nanoenv-job-*/out'):\\n    open(d + '/planted', 'w').write('x')",
-            "{tag}"], start_new_session=True)
+        subprocess.Popen(["setsid", "env", "-i", sys.executable, "-c", "{woke}", "{tag}"], start_new_session=True)
     """)))  # fmt: skip
-    left = subprocess.run(["pgrep", "-f", tag], capture_output=True, text=True).stdout.split()
-    assert left == [], f"processes survived their run: {left}"
     after = step(env, Action(diff="", base=0))  # the baseline again, in a fresh run
+    time.sleep(5)  # past the daemon's wake-up, however long the runs took
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, tag)]
+    assert left == [], f"processes survived their run: {left}"
+    assert not proof.exists(), "the daemon woke up after its run and wrote on the host"
     assert not (Path(after.artifacts_dir) / "out" / "planted").exists()
     assert after.outcome is Outcome.OK
     assert_caught(result, ok)
+
+
+def _cmdline_has(pid: str, tag: str) -> bool:
+    try:
+        return tag.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_out_dir_bloat_is_dropped_and_said(honest):
