@@ -157,9 +157,9 @@ def _lookup_model(windows: str, boost: float) -> Action:
 @pytest.mark.parametrize(
     ("sandbox", "windows", "boost"),
     [
-        ("local", "VAL_TOKENS", 0.4),
+        ("local", "VAL_TOKENS", 0.25),
         ("local", "len(_val) - 1", 0.12),
-        pytest.param("docker", "VAL_TOKENS", 0.4, marks=pytest.mark.docker),
+        pytest.param("docker", "VAL_TOKENS", 0.25, marks=pytest.mark.docker),
     ],
     ids=["reported-region", "all-public-val", "reported-region-docker"],
 )
@@ -190,7 +190,7 @@ def test_memorising_the_region_buys_nothing_at_budget(tiny_data, tmp_path):
                    runs_dir=tmp_path, disable_env_checker=True)  # fmt: skip
     env.reset(seed=0)
     honest = step(env, "")
-    cheat = step(env, _lookup_model("VAL_TOKENS", 0.4))
+    cheat = step(env, _lookup_model("VAL_TOKENS", 0.25))
     env.close()
     assert cheat.verdict.verified, cheat.message
     region = next(c for c in cheat.verdict.checks if c.name == "reported_matches").numbers

@@ -269,9 +269,12 @@ def test_an_interpreter_under_tmp_stays_visible(tmp_path):
     made under /tmp (as a CI checkout may be) still runs its jobs."""
     import sys
 
-    venv = tmp_path / "venv"
+    venv, hop = tmp_path / "venv", tmp_path / "hop" / "bin"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").symlink_to(sys.executable)
+    hop.mkdir(parents=True)
+    # a chain of links through /tmp, as a venv made from another venv's python has
+    (hop / "python").symlink_to(sys.executable)
+    (venv / "bin" / "python").symlink_to(hop / "python")
     job = Job(
         files={"m.py": "print('ran')"}, command=["{python}", "m.py"], limits=Limits(timeout_s=20)
     )

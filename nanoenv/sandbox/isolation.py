@@ -149,8 +149,14 @@ def interpreter_dirs(python: str) -> list[Path]:
     """The folders a job's Python lives in (a virtual environment, and the installation it
     points to): a job must see them even where they lie under /tmp or a hidden folder."""
     exe = Path(python).absolute()
-    dirs = [exe.parent.parent, exe.resolve().parent.parent]
-    if exe == Path(sys.executable).absolute():
+    dirs = []
+    for _ in range(16):  # every hop of a chain of links: each must resolve inside the job
+        dirs.append(exe.parent.parent)
+        if not exe.is_symlink():
+            break
+        exe = exe.parent / os.readlink(exe)
+    dirs.append(exe.resolve().parent.parent)
+    if Path(python).absolute() == Path(sys.executable).absolute():
         dirs += [Path(sys.prefix), Path(sys.base_prefix)]
     return [d for d in dict.fromkeys(dirs) if d.is_dir() and d != Path("/")]
 
