@@ -143,6 +143,8 @@ def test_bad_input_is_answered(walk, name, action, outcome, message):
     step_dir = Path(result.artifacts_dir)
     assert json.loads((step_dir / "result.json").read_text())["outcome"] == outcome.value
     assert (step_dir / "action.json").exists()
+    if name == "ten-megabytes":  # refused before it was kept: only an excerpt is on disk
+        assert (step_dir / "action.json").stat().st_size < 20_000
     if outcome in (Outcome.PATCH_FAILED, Outcome.REJECTED):
         assert obs["script"] == script_before  # nothing changed, nothing lost
         assert "The script was not run" in obs["feedback"]
