@@ -388,7 +388,7 @@ class TaskSpec(BaseModel):
     gpus: int = 0
     processes: int = 1  # {procs} in the command: torchrun's --nproc_per_node
     # The target on the loss the script reports (its own val tokens): the speedrun's rule, and
-    # what verify="none" and sampled verification hold a run against.
+    # what verify="none" holds a run against, and every fully verified run without a hidden target.
     target_val_loss: float
     # The target on the hidden val windows. When set, a fully verified run is scored there: the
     # script never saw those tokens, so nothing it memorised or shaped can move the reward.
