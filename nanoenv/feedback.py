@@ -139,6 +139,12 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
     elif result.outcome is Outcome.INFRA_ERROR:
         lines.append("The environment failed, not your script: this step costs nothing.")
     lines.append(f"Reward ({settings.reward}): {result.reward:+.4f}")
+    if result.tokens_to_target is not None and settings.baseline_tokens:
+        lines.append(
+            f"Steps objective (as your log reports it, not a reward): {result.tokens_to_target:,} "
+            f"training tokens to {settings.curve_target:.4f} on your val curve; the baseline "
+            f"trains on {settings.baseline_tokens:,}."
+        )
     lines += _verdict_lines(result)
     if result.train_time_s is not None and result.reported_train_time_s is not None:
         lines.append(

@@ -38,6 +38,7 @@ from nanoenv.rewards import get_reward
 from nanoenv.sandbox.base import Sandbox
 from nanoenv.settings import RunSettings
 from nanoenv.slots import CpuPool
+from nanoenv.steps import tokens_to_target
 from nanoenv.telemetry import LogParser
 from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import (
@@ -163,7 +164,10 @@ class Runner:
             runs.append(result)
             if result.outcome not in (Outcome.OK, Outcome.MISSED_TARGET):
                 break  # one failed run decides the step; the rest would cost time for nothing
-        return self.rewarded(aggregate(runs, self.settings.target_val_loss))
+        result = aggregate(runs, self.settings.target_val_loss)
+        curves = [r.curve for r in runs]
+        tokens = tokens_to_target(curves, self.task.target_val_loss)
+        return self.rewarded(result.model_copy(update={"tokens_to_target": tokens}))
 
     def run_once(
         self,
@@ -205,6 +209,8 @@ class Runner:
             exit_code=job_result.exit_code,
             seed=seed,
             script_sha256=hashlib.sha256(script.encode()).hexdigest(),
+            # on the reported curve, so against the target of the reported loss
+            tokens_to_target=tokens_to_target([parser.points], self.task.target_val_loss),
             telemetry={
                 **job_result.telemetry,
                 **({"untimed_s": clock.untimed_s} if clock.untimed_s is not None else {}),

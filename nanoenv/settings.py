@@ -29,6 +29,9 @@ class RunSettings:
     # The reward's loss is the verified hidden val loss (and the target is on it): see
     # TaskSpec.target_hidden_loss. Otherwise it is the loss on the script's own val tokens.
     scores_hidden: bool = False
+    # The steps objective's yardstick (BaselineSpec.tokens) and the target on the reported curve.
+    baseline_tokens: int | None = None
+    curve_target: float | None = None
 
     @classmethod
     def for_task(
@@ -50,6 +53,8 @@ class RunSettings:
             baseline_train_time_s=task.baseline.train_time_s,
             baseline_val_loss=task.baseline.hidden_loss if hidden else task.baseline.val_loss,  # type: ignore[arg-type]
             scores_hidden=hidden,
+            baseline_tokens=task.baseline.tokens,
+            curve_target=task.target_val_loss,
             timeout_s=task.limits.timeout_s,
             reward=reward,
             verify=verify,

@@ -95,7 +95,7 @@ def smoke_task(task: TaskSpec) -> TaskSpec:
     s = task.smoke
     baseline = task.baseline.model_copy(update={
         "val_loss": s.target_val_loss, "train_time_s": s.baseline_train_time_s,
-        "hidden_loss": s.target_hidden_loss,
+        "hidden_loss": s.target_hidden_loss, "tokens": s.baseline_tokens,
     })  # fmt: skip
     data = DataSpec(dataset=s.dataset, auto_prepare=True) if s.dataset else task.data
     return task.model_copy(

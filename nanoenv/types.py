@@ -179,6 +179,10 @@ class RunResult(BaseModel):
     script_sha256: str | None = None
     telemetry: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    # The steps objective (nanoenv.steps): training tokens at the first val point at or below
+    # the target on the reported curve (with repeats, significantly below). As reported: no
+    # reward reads it.
+    tokens_to_target: int | None = None
 
     @property
     def val_curve(self) -> list[LossPoint]:
@@ -287,6 +291,8 @@ class BaselineSpec(BaseModel):
     train_time_s: float
     # The baseline's verified loss on the hidden val windows (see TaskSpec.target_hidden_loss).
     hidden_loss: float | None = None
+    # The training tokens the baseline trains on: the steps objective's yardstick.
+    tokens: int | None = None
     wall_time_s: float | None = None
     hardware: str = ""
     measured: str = ""
@@ -302,6 +308,7 @@ class SmokeSpec(BaseModel):
     target_val_loss: float
     target_hidden_loss: float | None = None
     baseline_train_time_s: float
+    baseline_tokens: int | None = None
     timeout_s: float = 120.0
     dataset: str | None = None
     device: Literal["cpu", "cuda"] | None = None

@@ -173,3 +173,18 @@ def test_loss_at_budget_reward(make_env):
         overrun = (result.train_time_s - ctx.budget_s) / ctx.budget_s
         assert reward == pytest.approx(-min(1.0, 0.05 + 10 * overrun))
     assert ctx.budget_s == pytest.approx(1.05 * env.unwrapped.settings.baseline_train_time_s)
+
+
+def test_steps_objective_is_measured_on_the_reported_curve_and_reported(make_env):
+    """Every run carries the steps objective: the training tokens at the first val point at or
+    below the reported-loss target (nanoenv.steps), and the feedback says it is no reward."""
+    env = make_env(verify="none")
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step("")
+    result = info["result"]
+    target = env.unwrapped.task.target_val_loss
+    first = next((p for p in result.val_curve if p.val_loss <= target), None)
+    assert first is not None, "the smoke baseline meets its own target"
+    assert result.tokens_to_target == int(first.extra["tokens"])
+    assert "Steps objective (as your log reports it, not a reward)" in obs["feedback"]
+    assert env.unwrapped.settings.baseline_tokens == env.unwrapped.task.baseline.tokens == 20480
