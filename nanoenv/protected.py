@@ -96,9 +96,11 @@ def check_protected_names(baseline: str, candidate: str, names: list[str]) -> No
     keeping `evaluate` byte for byte and then redefining it below would change what it means.
 
     A static check of the module's AST: assignments, definitions, imports, arguments, loop and
-    `with` targets, `global`/`nonlocal`, and `setattr`/`globals()[...]`/`__dict__[...]` with the
-    name as a string. It cannot see names built at run time (`exec`, `getattr` on computed
-    strings) or changes to what the region calls (torch's own functions).
+    `with` targets, `global`/`nonlocal`, `setattr`/`globals()[...]`/`__dict__[...]` with the
+    name as a string, and assignments to an attribute of the name (`DataLoader.next_batch = f`).
+    It cannot see names built at run time (`exec`, `getattr` on computed strings), attributes
+    reached through an expression (`type(loader).next_batch`), or changes to what the region calls
+    (torch's own functions).
 
     Raises:
         PolicyError: naming the name, the line, and the region it belongs to.
@@ -130,6 +132,11 @@ def check_protected_names(baseline: str, candidate: str, names: list[str]) -> No
             return [node.arg]
         if isinstance(node, ast.Global | ast.Nonlocal):
             return list(node.names)
+        if (  # DataLoader.next_batch = f: the region's own objects, changed from outside it
+            isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store | ast.Del)
+            and isinstance(node.value, ast.Name)
+        ):  # fmt: skip
+            return [node.value.id]
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setattr", "delattr"):
             return [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
         if (  # globals()["name"] = ..., module.__dict__["name"] = ...
@@ -144,7 +151,7 @@ def check_protected_names(baseline: str, candidate: str, names: list[str]) -> No
             line = getattr(node, "lineno", 0)
             if name in guarded and not any(a <= line <= b for a, b in inside):
                 raise PolicyError(
-                    f"line {line} binds `{name}`, which a protected region defines; a protected "
-                    "name keeps the meaning the region gives it (rename your own, e.g. "
+                    f"line {line} binds or changes `{name}`, which a protected region "
+                    "defines; a protected name keeps the meaning the region gives it (rename your own, e.g. "
                     f"`my_{name}`)"
                 )
