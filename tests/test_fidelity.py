@@ -1,0 +1,133 @@
+"""The fidelity suite: its data, its patches, and the statistics the benchmark reports."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from nanoenv.fidelity import (
+    Idea,
+    Paired,
+    agrees,
+    load_ideas,
+    noise_floor,
+    paired,
+    spearman,
+    summarize,
+)
+from nanoenv.patching import apply_diff
+from nanoenv.protected import check_protected
+from nanoenv.tasks import baseline_script, load_task, task_ids
+
+REPO = Path(__file__).resolve().parents[1]
+
+SUITE = REPO / "benchmarks" / "fidelity_suite"
+REQUIRED = {
+    "rope", "muon", "relu2", "qk-norm", "untied-head", "logit-softcap", "trapezoid",
+    "unet-skips", "value-embeddings", "zero-init-proj", "embed-lr", "batch-size-schedule",
+}  # fmt: skip
+
+
+def test_suite_holds_the_required_ideas_and_controls_each_tagged_with_its_record():
+    ideas = load_ideas(SUITE / "ideas.toml")
+    names = {i.name for i in ideas}
+    assert names >= REQUIRED
+    assert len([i for i in ideas if not i.control]) >= 14
+    assert len([i for i in ideas if i.control]) >= 2
+    for i in ideas:
+        if not i.control:
+            assert i.record and i.date and i.before_min > i.after_min, i.name
+            assert i.record_gain > 0
+
+
+CPU_TRACKS = [t for t in task_ids() if load_task(t).device == "cpu"]
+
+
+@pytest.mark.parametrize("env_id", CPU_TRACKS)
+def test_every_idea_applies_to_its_track_and_leaves_the_protected_regions(env_id):
+    task = load_task(env_id)
+    base = baseline_script(task)
+    for idea in load_ideas(SUITE / "ideas.toml"):
+        diff = (SUITE / task.task_dir.name / f"{idea.name}.diff").read_text()
+        patched = apply_diff(base, diff, task.script).script
+        assert patched != base, idea.name
+        compile(patched, idea.name, "exec")
+        check_protected(base, patched, [r.name for r in task.protected])
+
+
+def test_spearman_matches_scipy_with_ties():
+    xs = [0.1, 0.1, 0.3, 0.05, 0.2, 0.2, 0.2]
+    ys = [1.0, -2.0, 3.0, 0.5, 0.1, 0.4, 2.0]
+    assert spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys).statistic)
+    assert spearman([1, 2], [2, 1]) is None
+
+
+def test_noise_floor_is_the_one_sided_t_quantile_of_the_pooled_paired_sd():
+    groups = [Paired([0.01, 0.02, 0.015]), Paired([-0.01, 0.0, 0.004])]
+    pooled = math.sqrt(
+        (statistics.variance(groups[0].diffs) + statistics.variance(groups[1].diffs)) / 2
+    )
+    expected = stats.t.ppf(0.99, 4) * pooled / math.sqrt(3)
+    assert noise_floor(groups, 3) == pytest.approx(expected)
+    # An effect at the floor is just significant by a one-sided t-test with the pooled sd.
+    t = expected / (pooled / math.sqrt(3))
+    assert stats.t.sf(t, 4) == pytest.approx(0.01)
+
+
+def test_pairing_is_by_seed_and_skips_seeds_without_a_value():
+    p = paired({0: 2.5, 1: 2.6, 2: 2.55}, {0: 2.4, 1: None, 2: 2.5, 3: 1.0})
+    assert p.diffs == pytest.approx([-0.1, -0.05])
+    assert p.se == pytest.approx(statistics.stdev([-0.1, -0.05]) / math.sqrt(2))
+
+
+def test_agreement_counts_direction_and_controls_must_lose():
+    kept = Idea(name="a", title="a", record=1, before_min=2.0, after_min=1.0)
+    control = Idea(name="c", title="c", control=True)
+    assert agrees(kept, 0.01) and not agrees(kept, -0.01) and not agrees(kept, 0.0)
+    assert agrees(control, -0.01) and not agrees(control, 0.01) and not agrees(control, None)
+    out = summarize([kept, control], {"a": Paired([-0.02, -0.01]), "c": Paired([0.03, 0.01])})
+    assert out["agreement"] == 1.0
+    assert [r["agrees"] for r in out["ideas"]] == [True, True]
+    assert out["ideas"][0]["record_gain"] == pytest.approx(math.log(2))
+    assert out["noise_floor"] > 0
+
+
+def test_a_record_of_several_changes_shares_its_gain():
+    one = Idea(name="a", title="a", record=5, before_min=22.3, after_min=15.2, ideas_in_record=4)
+    assert one.record_gain == pytest.approx(math.log(22.3 / 15.2) / 4)
+
+
+def test_the_benchmark_runs_ideas_paired_by_seed_and_writes_the_summary(tmp_path, tiny_data):
+    """benchmarks/fidelity.py end to end at smoke size: two ideas, two seeds, through the env."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "fidelity.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "fidelity.py"), "--smoke", "--seeds", "2",
+           "--only", "value-embeddings,dropout", "--json", str(out), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert {"ideas", "agreement", "spearman", "noise_floor"} <= set(summary)
+    rows = {r["name"]: r for r in summary["ideas"]}
+    assert set(rows) == {"value-embeddings", "dropout"}
+    for r in rows.values():
+        assert {"name", "record", "record_gain", "effect", "se", "agrees"} <= set(r)
+        assert r["n"] == 2 and r["se"] is not None
+    # paired by seed: every idea ran on the seeds the baseline ran on, and the effect is the
+    # mean of the per-seed differences
+    runs = summary["runs"]
+    assert [r["seed"] for r in runs["baseline"].values()] == [
+        r["seed"] for r in runs["dropout"].values()
+    ]
+    diffs = [
+        runs["dropout"][s]["val_loss"] - runs["baseline"][s]["val_loss"] for s in runs["baseline"]
+    ]
+    assert rows["dropout"]["effect"] == pytest.approx(statistics.fmean(diffs))
+    assert summary["noise_floor"] > 0
+    assert "agreement" in done.stdout
