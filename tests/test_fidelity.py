@@ -59,11 +59,14 @@ def test_every_idea_applies_to_its_track_and_leaves_the_protected_regions(env_id
         check_protected(base, patched, [r.name for r in task.protected])
 
 
-def test_spearman_matches_scipy_with_ties():
-    xs = [0.1, 0.1, 0.3, 0.05, 0.2, 0.2, 0.2]
-    ys = [1.0, -2.0, 3.0, 0.5, 0.1, 0.4, 2.0]
-    assert spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys).statistic)
+def test_spearman_ranks_with_ties_averaged():
+    assert spearman([0.1, 0.2, 0.3, 0.4], [1.0, 5.0, 7.0, 9.0]) == pytest.approx(1.0)
+    assert spearman([0.1, 0.2, 0.3], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # ties share their average rank: xs ranks 1.5, 1.5, 3, 4 against 1, 2, 3, 4
+    tied = statistics.correlation([1.5, 1.5, 3, 4], [1, 2, 3, 4])
+    assert spearman([0.1, 0.1, 0.3, 0.5], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(tied)
     assert spearman([1, 2], [2, 1]) is None
+    assert spearman([1, 1, 1], [1, 2, 3]) is None  # no ranks to correlate
 
 
 def test_noise_floor_is_the_one_sided_t_quantile_of_the_pooled_paired_sd():
