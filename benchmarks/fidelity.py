@@ -41,7 +41,7 @@ import gymnasium as gym
 
 import nanoenv  # noqa: F401  (registers the env ids)
 from nanoenv.fidelity import Idea, Paired, agrees, load_ideas, paired, summarize
-from nanoenv.tasks import load_task, task_ids
+from nanoenv.tasks import load_task, smoke_task, task_ids
 from nanoenv.types import RunResult
 
 SUITE = Path(__file__).resolve().parent / "fidelity_suite"
@@ -151,7 +151,7 @@ def main() -> None:
         return local.env
 
     # The target on the script's own curve: the task's reported-loss target.
-    target = load_task(args.env).smoke.target_val_loss if args.smoke else task.target_val_loss  # type: ignore[union-attr]
+    target = (smoke_task(task) if args.smoke else task).target_val_loss
     runs: dict[str, dict[int, dict]] = {"baseline": {}, **{i.name: {} for i in ideas}}
 
     def one(s: int, name: str) -> None:
