@@ -1,6 +1,6 @@
 """Does progress on a CPU track predict progress in the speedrun? Run the fidelity suite.
 
-    python benchmarks/fidelity.py [--env ID] [--seeds N] [--json FILE] [--only a,b] [--verify none]
+    python benchmarks/fidelity.py [--env ID|DIR] [--seeds N] [--json FILE] [--only a,b] [--verify none]
                                   [--jobs J]
     python benchmarks/fidelity.py --markdown FILE   (the table of a saved --json, for the README)
 
@@ -104,7 +104,11 @@ def objective_summary(ideas: list[Idea], gains: dict[str, dict]) -> dict[str, An
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--env", default=None, help="default: the newest CPU track")
+    ap.add_argument(
+        "--env",
+        default=None,
+        help="a task id or a candidate track's folder (default: the newest CPU track)",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--json", help="write the summary and every run here")
     ap.add_argument("--only", help="comma-separated idea names (default: the whole suite)")
@@ -144,9 +148,14 @@ def main() -> None:
 
     def env() -> Any:
         if not hasattr(local, "env"):
-            local.env = gym.make(f"nanoenv/{task.id}", verify=args.verify, sandbox=args.sandbox, smoke=args.smoke,
-                                 runs_dir=runs_dir, max_steps=10**6, max_in_flight=1,
-                                 disable_env_checker=True, **overrides)  # fmt: skip
+            kwargs = dict(verify=args.verify, sandbox=args.sandbox, smoke=args.smoke, runs_dir=runs_dir,
+                          max_steps=10**6, max_in_flight=1, **overrides)  # fmt: skip
+            if f"nanoenv/{task.id}" in gym.registry:
+                local.env = gym.make(f"nanoenv/{task.id}", disable_env_checker=True, **kwargs)
+            else:  # a candidate track's folder (--env DIR): not registered, made directly
+                from nanoenv.env import SpeedrunEnv
+
+                local.env = SpeedrunEnv(task=args.env, **kwargs)
             made.append(local.env)
         return local.env
 

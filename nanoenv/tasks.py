@@ -35,24 +35,37 @@ def resource_dir(name: str) -> Path:
 
 
 @functools.cache
-def _task_files() -> dict[str, Path]:
-    """Map every task's id and folder name to its task.toml."""
+def _discover() -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Every envs/*/task.toml: a map from each task's id and folder name to it, and the ids."""
     found: dict[str, Path] = {}
+    ids: list[str] = []
     for toml_path in sorted(resource_dir("envs").glob("*/task.toml")):
         with open(toml_path, "rb") as f:
             task_id = tomllib.load(f).get("id", toml_path.parent.name)
         found[task_id] = toml_path
         found[toml_path.parent.name] = toml_path
-    return found
+        ids.append(task_id)
+    return found, tuple(sorted(ids))
+
+
+def _task_files() -> dict[str, Path]:
+    return _discover()[0]
+
+
+def discovered_ids() -> list[str]:
+    """The id of every envs/*/task.toml, read without validating the task (registration uses
+    this: a new folder is a new id, with no code change, and importing nanoenv stays cheap)."""
+    return list(_discover()[1])
 
 
 def task_ids() -> list[str]:
-    """The ids of all tasks, e.g. ``Speedrun-Tiny-v0``."""
-    return sorted({load_task(p.parent.name).id for p in _task_files().values()})
+    """The ids of all tasks, e.g. ``Speedrun-Tiny-v1``, each loaded and validated."""
+    return sorted({load_task(t).id for t in discovered_ids()})
 
 
 def load_task(name: str, **overrides: Any) -> TaskSpec:
-    """Load a task by id (``Speedrun-Tiny-v0``, with or without ``nanoenv/``) or folder name.
+    """Load a task by id (``Speedrun-Tiny-v0``, with or without ``nanoenv/``), by its folder's
+    name under envs/, or by the path of a task folder anywhere (a candidate track).
 
     Args:
         name: The task's id or its folder under envs/.
@@ -63,6 +76,9 @@ def load_task(name: str, **overrides: Any) -> TaskSpec:
     """
     key = name.removeprefix(NAMESPACE)
     files = _task_files()
+    if (folder := Path(name)).is_dir() and (folder / "task.toml").is_file():
+        # A task folder outside envs/ (a track being calibrated): loaded, never registered.
+        key, files = name, {name: (folder / "task.toml").resolve()}
     if key not in files:
         lowered = {k.lower(): k for k in files}
         if key.lower() in lowered:

@@ -31,7 +31,41 @@ def test_registered_ids():
 def test_unknown_task_suggests_the_nearest():
     """A mistyped task id names the nearest ones."""
     with pytest.raises(nanoenv.TaskError, match="did you mean `Speedrun-Tiny-v0`"):
-        nanoenv.SpeedrunEnv(task="Speedrun-Tiny-v1")
+        nanoenv.SpeedrunEnv(task="Speedrun-Tiny-v9")
+
+
+def test_a_new_track_folder_is_a_new_id_with_no_code_change(tmp_path, monkeypatch):
+    """Registration comes from discovery: a copied envs/tiny with a new id registers as is."""
+    import shutil
+
+    from nanoenv import tasks
+
+    envs = tmp_path / "envs"
+    shutil.copytree(tasks.resource_dir("envs") / "tiny", envs / "mine")
+    toml = envs / "mine" / "task.toml"
+    toml.write_text(toml.read_text().replace('id = "Speedrun-Tiny-v0"', 'id = "Speedrun-Mine-v3"'))
+    monkeypatch.setattr(tasks, "resource_dir", lambda name: envs)
+    tasks._discover.cache_clear()
+    try:
+        nanoenv._register_tracks()
+        assert gym.spec("nanoenv/Speedrun-Mine-v3").kwargs == {"task": "Speedrun-Mine-v3"}
+        assert tasks.task_ids() == ["Speedrun-Mine-v3"]
+    finally:
+        gym.registry.pop("nanoenv/Speedrun-Mine-v3", None)
+        monkeypatch.undo()
+        tasks._discover.cache_clear()
+
+
+def test_a_candidate_track_loads_from_its_folder_unregistered(tmp_path):
+    """A task folder outside envs/ (a track being calibrated) loads by path and is not an id."""
+    import shutil
+
+    from nanoenv.tasks import load_task, resource_dir
+
+    shutil.copytree(resource_dir("envs") / "tiny", tmp_path / "tiny-next")
+    task = load_task(str(tmp_path / "tiny-next"))
+    assert task.task_dir == (tmp_path / "tiny-next").resolve() and task.id == "Speedrun-Tiny-v0"
+    assert task.target_val_loss == load_task("Speedrun-Tiny-v0").target_val_loss
 
 
 def test_check_env_passes(make_env):

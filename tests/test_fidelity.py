@@ -44,7 +44,10 @@ def test_suite_holds_the_required_ideas_and_controls_each_tagged_with_its_record
             assert i.record_gain > 0
 
 
-CPU_TRACKS = [t for t in task_ids() if load_task(t).device == "cpu"]
+# The registered CPU tracks and the candidates being calibrated (folders, not yet ids).
+CPU_TRACKS = [t for t in task_ids() if load_task(t).device == "cpu"] + [
+    str(p) for p in sorted((SUITE / "candidates").glob("*/"))
+]
 
 
 @pytest.mark.parametrize("env_id", CPU_TRACKS)

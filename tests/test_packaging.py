@@ -41,6 +41,7 @@ def test_wheel_carries_the_data_rooms(wheel):
     assert "nanoenv/_data/envs/tiny/train.py" in names
     assert "nanoenv/_data/examples/patches/muon.diff" in names
     assert any(n.startswith("nanoenv/_data/sandbox/") for n in names)
+    assert "nanoenv/data/tiny_bpe1k.json" in names  # the v1 candidate's tokenizer
 
 
 def test_installed_wheel_runs_the_tiny_track(wheel, tiny_data, tmp_path):

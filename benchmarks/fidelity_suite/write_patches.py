@@ -1,6 +1,6 @@
 """Write the fidelity suite's patches for a track: each idea as edits of the track's baseline.
 
-    python benchmarks/fidelity_suite/write_patches.py [--env Speedrun-Tiny-v1]
+    python benchmarks/fidelity_suite/write_patches.py [--env ID|DIR]   (a task id or a candidate folder)
 
 Each idea is a list of (old, new) text edits of the baseline script; every `old` must occur
 exactly once, so a baseline that drifted fails loudly here instead of silently in a run (an
@@ -391,7 +391,7 @@ def apply(source: str, edits: list[Edit], idea: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--env", default="Speedrun-Tiny-v1")
+    ap.add_argument("--env", default="Speedrun-Tiny-v0")
     ap.add_argument("--only", nargs="*", help="only these ideas")
     args = ap.parse_args()
     task = load_task(args.env)

