@@ -76,8 +76,10 @@ def load_task(name: str, **overrides: Any) -> TaskSpec:
     """
     key = name.removeprefix(NAMESPACE)
     files = _task_files()
-    if (folder := Path(name)).is_dir() and (folder / "task.toml").is_file():
+    folder = Path(name)
+    if key not in files and (folder / "task.toml").is_file():
         # A task folder outside envs/ (a track being calibrated): loaded, never registered.
+        # Ids and envs/ names come first, so a folder in the cwd never shadows a track.
         key, files = name, {name: (folder / "task.toml").resolve()}
     if key not in files:
         lowered = {k.lower(): k for k in files}

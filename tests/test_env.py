@@ -222,3 +222,17 @@ def test_steps_objective_is_measured_on_the_reported_curve_and_reported(make_env
     assert result.tokens_to_target == int(first.extra["tokens"])
     assert "Steps objective (as your log reports it, not a reward)" in obs["feedback"]
     assert env.unwrapped.settings.baseline_tokens == env.unwrapped.task.baseline.tokens == 20480
+
+
+def test_a_folder_in_the_cwd_never_shadows_a_track(tmp_path, monkeypatch):
+    """load_task("tiny") means envs/tiny even where the cwd holds a task folder named tiny."""
+    import shutil
+
+    from nanoenv.tasks import load_task, resource_dir
+
+    shutil.copytree(resource_dir("envs") / "tiny", tmp_path / "tiny")
+    toml = tmp_path / "tiny" / "task.toml"
+    toml.write_text(toml.read_text().replace('id = "Speedrun-Tiny-v0"', 'id = "Speedrun-Other-v1"'))
+    monkeypatch.chdir(tmp_path)
+    assert load_task("tiny").id == "Speedrun-Tiny-v0"
+    assert load_task("./tiny").id == "Speedrun-Other-v1"
