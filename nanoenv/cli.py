@@ -185,7 +185,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             args.name,
             source=Path(args.source) if getattr(args, "source", None) else None,
             force=args.force,
-            train_shards=getattr(args, "train_shards", 8),
+            train_shards=getattr(args, "train_shards", None),
             text=Path(args.text) if getattr(args, "text", None) else None,
             tokenizer=getattr(args, "tokenizer", "gpt2"),
         )
@@ -331,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = dsub.add_parser("fetch", help="download a dataset from the Hugging Face hub")
     fetch.add_argument("name", help="fineweb10B")
     fetch.add_argument(
-        "--train-shards", type=int, default=8, help="100M-token train shards to fetch"
+        "--train-shards",
+        type=int,
+        help="100M-token train shards to hold (default 8 for a first fetch; a fetch never "
+        "removes shards already there)",
     )
     fetch.add_argument("--force", action="store_true", help="fetch again even if present")
     for name, helptext in (

@@ -165,6 +165,12 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
         result.outcome in (Outcome.CRASHED, Outcome.TIMED_OUT, Outcome.MISSED_TARGET)
         and result.log_tail
     ):
+        if result.error:
+            text += (
+                "\nThe first error in the output:\n"
+                + "\n".join(f"  {t}" for t in result.error.splitlines())
+                + "\n"
+            )
         tail = result.log_tail.splitlines()[-15:]
         text += "\nLast lines of output:\n" + "\n".join(f"  {t}" for t in tail) + "\n"
     tel = result.telemetry

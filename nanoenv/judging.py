@@ -8,6 +8,7 @@ target, what the agent is told, and how repeated runs combine into one step.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -16,6 +17,12 @@ from nanoenv.telemetry import LogParser
 from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
 
 LOG_TAIL_LINES = 40
+# torchrun's prefix on a worker's lines, and the launcher's own exception, which only says that
+# a worker failed: the worker's exception is the root cause the agent needs.
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
+_LAUNCHER_ERRORS = ("ChildFailedError",)
+ERROR_FRAMES = 4
+MAX_ERROR_CHARS = 3000
 # Repeats whose losses agree this closely came from one run, not from several seeds.
 IDENTICAL_LOSSES = 1e-9
 
@@ -34,7 +41,9 @@ def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | Non
     if job.oom:
         return Outcome.CRASHED, "the script ran out of memory"
     if job.exit_code != 0:
-        return Outcome.CRASHED, f"the script exited with code {job.exit_code}"
+        found = first_error(job.lines)
+        why = f": {found.splitlines()[-1][:300]}" if found else ""
+        return Outcome.CRASHED, f"the script exited with code {job.exit_code}{why}"
     if parser.last_val is None:
         return Outcome.CRASHED, "the script exited 0 but printed no `val_loss` line"
     return None
@@ -54,6 +63,35 @@ def log_tail(lines: list[StampedLine], n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(
         ("[stderr] " if ln.stream == "stderr" else "") + ln.text[:500] for ln in lines[-n:]
     )
+
+
+def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
+    """The first Python exception in the output with its last ``frames`` frames, or "".
+
+    Under torchrun the last lines are the launcher's ChildFailedError summary, which names no
+    cause; the workers' tracebacks come before it, each line marked with its rank. This finds
+    the first traceback that is not the launcher's, reads only its rank's lines (two ranks'
+    tracebacks may interleave), and keeps the exception line, so the agent sees the root cause.
+    """
+    texts = [ln.text for ln in lines]
+    for i, text in enumerate(texts):
+        body = _RANK_PREFIX.sub("", text)
+        if not body.startswith("Traceback (most recent call last):"):
+            continue
+        prefix = text[: len(text) - len(body)]
+        own = [t[len(prefix) :] for t in texts[i + 1 :] if t.startswith(prefix)]
+        end = next((k for k, t in enumerate(own) if t and not t[0].isspace()), None)
+        if end is None:
+            continue
+        exception = own[end]
+        if any(name in exception for name in _LAUNCHER_ERRORS):
+            continue
+        starts = [k for k, t in enumerate(own[:end]) if t.startswith("  File ")]
+        kept = own[starts[-frames] : end] if len(starts) > frames else own[:end]
+        skipped = len(starts) - frames
+        head = [body] + ([f"  ... ({skipped} earlier frames)"] if skipped > 0 else [])
+        return "\n".join(head + kept + [exception])[:MAX_ERROR_CHARS]
+    return ""
 
 
 def aggregate(runs: list[RunResult], target: float) -> RunResult:

@@ -172,6 +172,9 @@ class RunResult(BaseModel):
     verdict: Verdict = Field(default_factory=Verdict)
     significance: Significance | None = None
     log_tail: str = ""
+    # The first exception in the output and its last frames (a torchrun worker's, not the
+    # launcher's summary), for a run that crashed.
+    error: str = ""
     artifacts_dir: str | None = None
     exit_code: int | None = None
     seed: int | None = None

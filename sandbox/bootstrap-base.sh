@@ -5,7 +5,9 @@
 set -eu
 root="$1"
 mirror="${2:-http://deb.debian.org/debian}"
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+# gcc, g++ and Python's headers: torch.compile builds kernels at run time (Inductor's C++ on
+# the CPU, Triton's launcher on the GPU).
+debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,gcc,g++,libc6-dev,ca-certificates \
     bookworm "$root" "$mirror"
 # Nothing the image needs at run time: package lists, caches, logs, docs.
 chroot "$root" apt-get clean

@@ -29,7 +29,7 @@ def hub(tmp_path):
         yield server, repo
 
 
-def fetch(tmp_path: Path, hub_url: str, shards: int) -> subprocess.CompletedProcess:
+def fetch(tmp_path: Path, hub_url: str, shards: int | None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_ENDPOINT": hub_url, "NANOENV_CACHE_DIR": str(tmp_path / "cache"),
            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5"}  # fmt: skip
     cmd = [
@@ -39,8 +39,7 @@ def fetch(tmp_path: Path, hub_url: str, shards: int) -> subprocess.CompletedProc
         "data",
         "fetch",
         "fineweb10B",
-        "--train-shards",
-        str(shards),
+        *(["--train-shards", str(shards)] if shards is not None else []),
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -90,6 +89,35 @@ def test_asking_for_more_shards_fetches_only_the_new_ones(hub, tmp_path):
     assert sorted(fetched) == [train_file(2), train_file(3)]
     manifest = load_manifest(tmp_path / "cache" / "datasets" / "fineweb10B")
     assert len(manifest.split_files("train")) == 3
+
+
+def test_fetching_never_shrinks_a_dataset(hub, tmp_path):
+    """Three shards there; a fetch of one, or with no count (whose default is 8 for a first
+    fetch), keeps all three and downloads nothing: before, each rebuilt the dataset smaller."""
+    server, _ = hub
+    assert fetch(tmp_path, server.url, 3).returncode == 0
+    root = tmp_path / "cache" / "datasets" / "fineweb10B"
+    before = len(server.gets)
+    for shards in (1, None):
+        out = fetch(tmp_path, server.url, shards)
+        assert out.returncode == 0, out.stderr
+        assert "3 shard(s)" in out.stdout.split("train")[1].splitlines()[0]
+        assert len(verify_dataset(root).split_files("train")) == 3
+    assert server.gets[before:] == []
+
+
+def test_an_old_huggingface_hub_is_named(monkeypatch):
+    """huggingface_hub before 1.0 has a requests session whose `stream` is a bool: the fetch
+    failed with "'bool' object is not callable". It is refused up front, with the fix."""
+    import huggingface_hub
+
+    from nanoenv.data import fineweb
+    from nanoenv.errors import DataError
+
+    monkeypatch.setattr(huggingface_hub, "__version__", "0.36.2")
+    with pytest.raises(DataError, match=r"huggingface_hub>=1\.0, found 0\.36\.2"):
+        fineweb.expected_sha256([VAL_FILE])
+    assert fineweb._version_tuple("1.0.0rc1") >= fineweb.MIN_HUB_VERSION
 
 
 def test_unreachable_hub_is_a_clear_error(tmp_path):

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 import nanoenv  # noqa: F401
@@ -163,3 +164,93 @@ def test_audited_verification_scores_every_position_and_catches_a_tampered_log_s
     env.close()
     assert cheat.outcome is Outcome.REJECTED, cheat.message
     assert "audit" in [c.name for c in cheat.verdict.failed], cheat.message
+
+
+def test_a_crashed_torchrun_job_shows_the_workers_exception(gpt2_data, tmp_path):
+    """A script that fails in rank 0 under torchrun: the message and the feedback give the
+    worker's exception and its frames, not only the launcher's ChildFailedError summary."""
+    env = gym.make(GPU_IDS[0], smoke=True, runs_dir=tmp_path, disable_env_checker=True,
+                   render_mode="ansi")  # fmt: skip
+    env.reset(seed=0)
+    crash = textwrap.dedent("""
+        def _check_batch(tokens):
+            if int(os.environ.get("RANK", "0")) == 0:
+                raise ValueError(f"the batch has {tokens} tokens, not a multiple of the world")
+
+        def _prepare(tokens):
+            _check_batch(tokens)
+
+        _prepare(513)
+    """)
+    anchor = "\n# --- nanoenv: protected begin [data] ---"
+    obs, _, _, _, info = env.step(
+        {"script": env.unwrapped.script.replace(anchor, crash + anchor, 1)}
+    )
+    env.close()
+    result = info["result"]
+    assert result.outcome is Outcome.CRASHED
+    assert result.message.endswith(
+        "ValueError: the batch has 513 tokens, not a multiple of the world"
+    )
+    assert "ChildFailedError" in result.log_tail  # what the last lines alone would have shown
+    shown = obs["feedback"].split("The first error in the output:")[1]
+    assert (
+        "in _check_batch" in shown
+        and "in _prepare" in shown
+        and "ChildFailedError" not in shown.split("Last lines")[0]
+    )
+
+
+def _baseline_module():
+    import importlib.util
+
+    path = Path(load_task(GPU_IDS[1]).task_dir) / "train_gpt2.py"
+    spec = importlib.util.spec_from_file_location("gpt2_baseline_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("world", [1, 8])
+def test_the_loader_counts_what_the_baseline_needs_against_the_shards(tmp_path, world):
+    """FineWeb's shards are 100M tokens; the loader drops each shard's tail, so 100 shards give
+    19,000 of the 19,073 steps the baseline takes on 8 processes (19,062 on one) and the run
+    wrapped to shard 1 unawares. It now stops before training and says how many it needs; 101
+    shards are enough. (Shard files with the real header and size, sparse: no tokens read.)"""
+    script = _baseline_module()
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [20240520, 1, 100_000_000]
+    for i in range(1, 102):
+        with open(tmp_path / f"train_{i:06d}.bin", "wb") as f:
+            f.write(header.tobytes())
+            f.truncate(1024 + 2 * 100_000_000)
+    args = script.Hyperparameters()
+    micro = args.device_batch_size * args.seq_len * world
+    needed = args.num_iterations * (args.total_batch_tokens // micro)
+    loader = script.DistributedDataLoader
+    hundred = loader(str(tmp_path / "train_0000[0-9][0-9].bin"), args.device_batch_size,
+                     args.seq_len, 0, world)  # fmt: skip
+    hundred.files.append(str(tmp_path / "train_000100.bin"))  # the glob took 000001..000099
+    assert len(hundred.files) == 100
+    with pytest.raises(
+        RuntimeError, match=r"the train data is short: 100 shard\(s\).*\(101 shards"
+    ):
+        hundred.require(needed)
+    loader(str(tmp_path / "train_*.bin"), args.device_batch_size, args.seq_len, 0, world).require(
+        needed
+    )
+
+
+def test_a_run_that_needs_more_data_than_there_is_stops_before_training(gpt2_data, tmp_path):
+    """Through the env: a script that asks for more steps than the smoke data holds ends
+    before its first step, and the agent is told why."""
+    env = gym.make(GPU_IDS[0], smoke=True, runs_dir=tmp_path, disable_env_checker=True)
+    env.reset(seed=0)
+    script = env.unwrapped.script
+    anchor = "\ndef main():"
+    longer = "\nargs.num_iterations = 10_000_000\n"
+    result = env.step({"script": script.replace(anchor, longer + anchor, 1)})[4]["result"]
+    env.close()
+    assert result.outcome is Outcome.CRASHED
+    assert "RuntimeError: the train data is short" in result.message, result.message
+    assert result.curve == []  # not one val line: it stopped before training

@@ -1,10 +1,18 @@
 """The judging rules on their own: how a job ended, the target, rejections, repeated runs."""
 
 import math
+from pathlib import Path
 
 import pytest
 
-from nanoenv.judging import against_target, aggregate, classify_job, log_tail, rejection_message
+from nanoenv.judging import (
+    against_target,
+    aggregate,
+    classify_job,
+    first_error,
+    log_tail,
+    rejection_message,
+)
 from nanoenv.telemetry import LogParser
 from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
 
@@ -97,3 +105,68 @@ def test_one_failed_repeat_decides_the_step():
     got = aggregate([run(1, 2.4, 10.0), bad], target=2.5)
     assert got.outcome is Outcome.CRASHED
     assert got.message == "run 2 of 2: the script exited with code 1"
+
+
+def _lines(text: str, stream: str = "stderr") -> list[StampedLine]:
+    return [StampedLine(t=i, stream=stream, text=t) for i, t in enumerate(text.splitlines())]
+
+
+# torchrun 2.13's real stderr for two ranks that crash differently (a gloo job on this machine,
+# paths shortened): the workers' tracebacks, then the launcher's own and its summary.
+TORCHRUN = (Path(__file__).parent / "fixtures" / "torchrun_two_ranks_crash.txt").read_text()
+
+
+def test_first_error_is_the_workers_exception_not_the_launchers_summary():
+    """The root cause of a torchrun crash is rank 0's exception; the ChildFailedError summary
+    (the last 15 lines, all the feedback showed before) names none."""
+    assert "ChildFailedError" in "".join(TORCHRUN.splitlines()[-30:])
+    found = first_error(_lines(TORCHRUN))
+    assert found.splitlines()[0] == "Traceback (most recent call last):"
+    assert found.splitlines()[-1] == "ValueError: boom in rank 0: the loss is a tuple"
+    assert "line 6, in step" in found and "[rank" not in found
+    assert "ZeroDivisionError" not in found and "ChildFailedError" not in found
+    job = JobResult(exit_code=1, lines=_lines(TORCHRUN))
+    outcome, message = classify_job(job, parser_with())
+    assert outcome is Outcome.CRASHED
+    assert message.endswith("code 1: ValueError: boom in rank 0: the loss is a tuple")
+
+
+def test_first_error_reads_one_rank_when_tracebacks_interleave():
+    """Two ranks writing at once: the first traceback is read from its own rank's lines."""
+    text = "\n".join(
+        [
+            "[rank1]: Traceback (most recent call last):",
+            "[rank0]: Traceback (most recent call last):",
+            '[rank1]:   File "train.py", line 3, in <module>',
+            '[rank0]:   File "train.py", line 9, in <module>',
+            "[rank0]:     step()",
+            "[rank1]: KeyError: 'lr'",
+            "[rank0]: RuntimeError: rank 0 failed",
+        ]
+    )
+    found = first_error(_lines(text))
+    assert found.splitlines() == [
+        "Traceback (most recent call last):",
+        '  File "train.py", line 3, in <module>',
+        "KeyError: 'lr'",
+    ]
+
+
+def test_first_error_keeps_the_last_frames_of_a_deep_stack():
+    frames = [f'  File "train.py", line {i}, in f{i}\n    f{i + 1}()' for i in range(30)]
+    text = "\n".join(["Traceback (most recent call last):", *frames, "RecursionError: deep"])
+    found = first_error(_lines(text), frames=4)
+    assert "(26 earlier frames)" in found and "in f29" in found and "in f25" not in found
+    assert found.endswith("RecursionError: deep")
+
+
+def test_first_error_is_empty_without_a_python_exception():
+    """A launcher-only traceback, a truncated one, or a plain nonzero exit: nothing to show."""
+    launcher = TORCHRUN[TORCHRUN.index('Traceback (most recent call last):\n  File "/venv') :]
+    assert first_error(_lines(launcher)) == ""
+    assert first_error(_lines("Traceback (most recent call last):\n  File x")) == ""
+    assert first_error(_lines("Segmentation fault (core dumped)")) == ""
+    assert (
+        classify_job(JobResult(exit_code=139), parser_with())[1]
+        == "the script exited with code 139"
+    )

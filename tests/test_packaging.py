@@ -76,3 +76,17 @@ def test_installed_wheel_runs_the_tiny_track(wheel, tiny_data, tmp_path):
     lines = out.stdout.split()
     assert lines[0] == str(target / "nanoenv" / "_data" / "envs")
     assert lines[-1] == "ok"
+
+
+def test_the_fineweb_extra_asks_for_the_hub_the_fetch_needs():
+    """pyproject's floor for huggingface_hub is the one the fetch code checks (0.36 fails)."""
+    import re
+
+    import tomllib
+
+    from nanoenv.data.fineweb import MIN_HUB_VERSION
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    (req,) = [r for r in project["optional-dependencies"]["fineweb"] if "huggingface_hub" in r]
+    floor = re.search(r">=\s*([\d.]+)", req).group(1)
+    assert tuple(int(x) for x in floor.split(".")) == MIN_HUB_VERSION

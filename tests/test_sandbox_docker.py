@@ -10,7 +10,7 @@ import pytest
 
 from nanoenv import Outcome
 from nanoenv.cli import main as cli_main
-from nanoenv.sandbox.docker import LABEL, DockerSandbox
+from nanoenv.sandbox.docker import LABEL, WORK_TMPFS_MB, DockerSandbox
 from nanoenv.types import Job, Limits
 
 pytestmark = pytest.mark.docker
@@ -112,6 +112,64 @@ def test_runs_streams_and_copies_out_safely(docker_client, docker_image, tmp_pat
     }
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hard.json", "model.json"]
     assert any("passwd" in n for n in result.notes)
+
+
+def test_a_job_asking_for_more_cpus_than_the_host_has_gets_all_of_them(
+    docker_client, docker_image, no_leftovers
+):
+    """The 8xH100 track asks for 64 CPUs; on a smaller host Docker refuses such a container
+    ("Range of CPUs is from 0.01 to 2.00"), so every step was an infra_error. The job now gets
+    the host's CPUs, and its thread count says so."""
+    host = int(docker_client.info()["NCPU"])
+    job = _job("import os; print('threads', os.environ['OMP_NUM_THREADS'])", limits={"cpus": 64})
+    result = DockerSandbox(image=docker_image, client=docker_client).run(job)
+    assert result.ok, result
+    assert [ln.text for ln in result.lines] == [f"threads {host}"]
+
+
+def test_the_out_dir_holds_all_a_job_may_leave(docker_client, docker_image, tmp_path, no_leftovers):
+    """/work was a 2 GiB tmpfs whatever the job's max_out_bytes: the verifier's worker, allowed
+    8 GiB of logits, failed with "Not enough free space" past 2 GiB and every run was rejected.
+    /work now has room for the job's max_out_bytes on top of its scratch space."""
+    size = (WORK_TMPFS_MB + 64) * 2**20
+    job = _job(
+        f"""
+        import os
+        chunk = b"\\x01" * (64 << 20)
+        with open(os.environ["NANOENV_OUT_DIR"] + "/logits.npy", "wb") as f:
+            for _ in range({size} // len(chunk)):
+                f.write(chunk)
+        """,
+        out_dir=tmp_path / "out",
+        limits={"memory_mb": 6144, "max_out_bytes": size + 2**20, "timeout_s": 120},
+    )
+    result = DockerSandbox(image=docker_image, client=docker_client).run(job)
+    assert result.ok, [ln.text for ln in result.lines][-5:]
+    assert (tmp_path / "out" / "logits.npy").stat().st_size == size
+
+
+def test_torch_compile_builds_its_kernels_in_the_sandbox(docker_client, docker_image, no_leftovers):
+    """The baseline of the GPU tracks calls torch.compile, which builds kernels at run time; the
+    image had no compiler, so every compiled run would crash in warm-up. Inductor on the CPU
+    needs a C++ compiler: a small model compiles, and agrees with eager."""
+    job = _job(
+        """
+        import torch
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+        x = torch.randn(16, 32)
+        compiled = torch.compile(model)
+        out = compiled(x)
+        out.sum().backward()
+        print("max diff", float((out - model(x)).abs().max()), flush=True)
+        """,
+        limits={"memory_mb": 4096, "timeout_s": 300, "cpus": 2},
+    )
+    result = DockerSandbox(image=docker_image, client=docker_client).run(job)
+    text = [ln.text for ln in result.lines]
+    assert result.ok, text[-20:]
+    (said,) = [ln.text for ln in result.lines if ln.stream == "stdout"]
+    assert said.startswith("max diff") and float(said.split()[-1]) < 1e-4, text
 
 
 def test_out_of_memory_is_reported(docker_client, docker_image, no_leftovers):

@@ -142,6 +142,12 @@ def test_environment_is_the_contract_not_the_host(monkeypatch):
     assert lines[0].text == str(want)
 
 
+def test_a_job_asking_for_more_cpus_than_the_host_has_gets_its_threads_from_the_host():
+    """A task written for 64 cores (the 8xH100 track) gets one thread per core here, not 64."""
+    result, lines = run("import os; print(os.environ['OMP_NUM_THREADS'])", cpus=64)
+    assert result.ok and lines[0].text == str(os.cpu_count())
+
+
 def test_copy_out_refuses_links_and_specials(tmp_path):
     """Copy-out takes regular files only: a symlink to a host path is skipped, never followed."""
     src, dest = tmp_path / "out", tmp_path / "dest"

@@ -171,6 +171,21 @@ class DistributedDataLoader:
         self.B, self.T, self.rank, self.world = batch_size, seq_len, rank, world
         self.shard, self.tokens, self.pos = 0, load_shard(self.files[0]), 0
 
+    def require(self, batches):
+        """Stop before training when the shards hold fewer than ``batches`` micro-batches: past
+        the last shard the loader wraps to the first, and the run would repeat data unawares.
+        Each shard's tail is counted as next_batch drops it."""
+        n = self.world * self.B * self.T
+        sizes = [int(np.fromfile(f, dtype=np.int32, count=256)[2]) for f in self.files]
+        have = sum((size - 1) // n for size in sizes)
+        if have < batches:
+            per_shard = max(1, (sizes[0] - 1) // n)
+            raise RuntimeError(
+                f"the train data is short: {len(self.files)} shard(s) hold {have:,} batches of "
+                f"{n:,} tokens, the run needs {batches:,} ({-(-batches // per_shard)} shards of "
+                "this size); fetch more, e.g. nanoenv data fetch fineweb10B --train-shards N"
+            )
+
     def next_batch(self):
         n = self.B * self.T
         if self.pos + self.world * n + 1 > len(self.tokens):
@@ -278,6 +293,7 @@ def main():
     train_loader = DistributedDataLoader(
         os.path.join(data_dir, "train_*.bin"), args.device_batch_size, args.seq_len, rank, world
     )
+    train_loader.require(args.num_iterations * grad_accum)
     val_tokens = load_shard(sorted(glob.glob(os.path.join(data_dir, "val_*.bin")))[0])
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"

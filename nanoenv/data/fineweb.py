@@ -12,6 +12,7 @@ train shards in order from 000001, and no run of these tracks reaches the last o
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -34,6 +35,10 @@ MAX_TRAIN_SHARDS = 103
 HIDDEN_SOURCE = f"fineweb_train_{MAX_TRAIN_SHARDS:06d}.bin"
 HIDDEN_TOKENS = 10_485_760
 ATTEMPTS = 3
+# The fetch streams through get_session().stream(), the httpx client of huggingface_hub 1.0 and
+# later; before 1.0 the session is requests', whose `stream` is a bool ("'bool' object is not
+# callable" on 0.36). pyproject's fineweb extra states the same floor.
+MIN_HUB_VERSION = (1, 0)
 
 
 def train_file(i: int) -> str:
@@ -48,7 +53,22 @@ def _hub():
         raise DataError(
             "fetching FineWeb needs huggingface_hub: pip install 'nanoenv[fineweb]'"
         ) from None
+    if _version_tuple(huggingface_hub.__version__) < MIN_HUB_VERSION:
+        floor = ".".join(map(str, MIN_HUB_VERSION))
+        raise DataError(
+            f"fetching FineWeb needs huggingface_hub>={floor}, found {huggingface_hub.__version__}: "
+            f"pip install -U 'huggingface_hub>={floor}'"
+        )
     return huggingface_hub
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(1, 0, 0) of "1.0.0rc1": the leading numbers of each dotted part."""
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def expected_sha256(files: list[str], revision: str = "main") -> dict[str, str]:

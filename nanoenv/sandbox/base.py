@@ -45,6 +45,18 @@ def render_command(command: list[str], *, python: str, gpus: int) -> list[str]:
     return [part.format(python=python, gpus=max(gpus, 1)) for part in command]
 
 
+def job_cpus(job: Job, host_cpus: int | None) -> float:
+    """The CPUs a job gets: what its limits ask for, never more than the host has (a task
+    written for a 64-core box still runs on 2), and all of them when it asks for none."""
+    host = max(1, host_cpus or os.cpu_count() or 1)
+    return min(float(job.limits.cpus), float(host)) if job.limits.cpus else float(host)
+
+
+def job_threads(job: Job, host_cpus: int | None) -> str:
+    """OMP_NUM_THREADS for a job: its CPUs, whole, at least one."""
+    return str(max(1, int(job_cpus(job, host_cpus))))
+
+
 def job_gpu_count(job: Job) -> int:
     """How many GPUs a job asks for."""
     return len(job.gpus) if isinstance(job.gpus, list) else int(job.gpus)

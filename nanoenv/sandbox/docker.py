@@ -31,7 +31,9 @@ from nanoenv.sandbox.base import (
     LineSplitter,
     OutputPump,
     extract_tar,
+    job_cpus,
     job_gpu_count,
+    job_threads,
     render_command,
     result_from,
 )
@@ -42,8 +44,17 @@ log = logging.getLogger(__name__)
 LABEL = "nanoenv"
 UID = 10001
 KEEPER_UID = 10002
+# /work holds the job's scratch files and its out dir: the scratch room, plus all the job may
+# leave in out (its max_out_bytes), so what the limits allow always fits.
 WORK_TMPFS_MB = 2048
 TMP_TMPFS_MB = 1024
+
+
+def work_tmpfs_mb(job: Job) -> int:
+    """The size of a job's /work tmpfs, in MiB."""
+    return WORK_TMPFS_MB + -(-job.limits.max_out_bytes // 2**20)
+
+
 _START = 'cp -R /job/. /work/ && mkdir -p /work/out && exec "$@"'
 
 
@@ -123,6 +134,7 @@ class DockerSandbox:
         self._client = client
         self._swept = False
         self.owner = _owner()
+        self._host_cpus: int | None = None
 
     @property
     def image(self) -> str:
@@ -141,6 +153,12 @@ class DockerSandbox:
             self._swept = True
         return self._client
 
+    def host_cpus(self) -> int:
+        """The CPUs of the machine the daemon runs on (not necessarily this one)."""
+        if self._host_cpus is None:
+            self._host_cpus = int(self._connect().info().get("NCPU") or os.cpu_count() or 1)
+        return self._host_cpus
+
     containment = (
         "docker: a throwaway container, no network, read-only root, no capabilities, non-root"
     )
@@ -151,8 +169,11 @@ class DockerSandbox:
             self._client.close()
             self._client = None
 
-    def container_config(self, job: Job, job_dir: Path, job_id: str) -> dict[str, Any]:
-        """The keyword arguments of ``containers.create`` for a job (inspectable without a GPU)."""
+    def container_config(
+        self, job: Job, job_dir: Path, job_id: str, host_cpus: int | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``containers.create`` for a job (inspectable without a GPU).
+        ``host_cpus``: the daemon's CPUs, which cap the job's (default: this machine's)."""
         import docker.types
 
         lim = job.limits
@@ -178,7 +199,7 @@ class DockerSandbox:
             "read_only": True,
             "mounts": mounts,
             "tmpfs": {
-                "/work": f"rw,exec,nosuid,nodev,size={WORK_TMPFS_MB}m,uid={UID},gid={UID},mode=0755",
+                "/work": f"rw,exec,nosuid,nodev,size={work_tmpfs_mb(job)}m,uid={UID},gid={UID},mode=0755",
                 "/tmp": f"rw,exec,nosuid,nodev,size={TMP_TMPFS_MB}m,mode=1777",
             },
             "cap_drop": ["ALL"],
@@ -203,8 +224,8 @@ class DockerSandbox:
         if lim.memory_mb:
             config["mem_limit"] = f"{lim.memory_mb}m"
             config["memswap_limit"] = f"{lim.memory_mb}m"  # equal: no swap
-        if lim.cpus:
-            config["nano_cpus"] = int(lim.cpus * 1e9)
+        if lim.cpus:  # Docker refuses more CPUs than the host has: the job gets them all
+            config["nano_cpus"] = int(job_cpus(job, host_cpus) * 1e9)
         if job_gpu_count(job):
             ids = [str(i) for i in job.gpus] if isinstance(job.gpus, list) else None
             config["device_requests"] = [
@@ -217,9 +238,9 @@ class DockerSandbox:
             ]
         return config
 
-    def exec_env(self, job: Job) -> dict[str, str]:
+    def exec_env(self, job: Job, host_cpus: int | None = None) -> dict[str, str]:
         """The job's environment inside the container."""
-        threads = str(max(1, int(job.limits.cpus or os.cpu_count() or 1)))
+        threads = job_threads(job, host_cpus)
         env = {
             "HOME": "/work",
             "TMPDIR": "/tmp",
@@ -254,7 +275,8 @@ class DockerSandbox:
                 (job_dir / name).chmod(0o644)
             job_dir.chmod(0o755)
             try:
-                container = client.containers.create(**self.container_config(job, job_dir, job_id))
+                config = self.container_config(job, job_dir, job_id, self.host_cpus())
+                container = client.containers.create(**config)
             except docker.errors.ImageNotFound:
                 return _infra(
                     t0,
@@ -297,7 +319,8 @@ class DockerSandbox:
         cmd = render_command(job.command, python="python3", gpus=job_gpu_count(job))
         exec_id = api.exec_create(
             container.id, ["sh", "-c", _START, "nanoenv-job", *cmd],
-            environment=self.exec_env(job), workdir="/work", user=f"{UID}:{UID}",
+            environment=self.exec_env(job, self.host_cpus()), workdir="/work",
+            user=f"{UID}:{UID}",
         )["Id"]  # fmt: skip
         t0 = time.monotonic()
         pump = OutputPump(t0, job.limits.max_output_bytes, on_line, lambda: _kill(container))

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_REPO = "nanoenv-sandbox"
 BASE_REPO = "nanoenv-base"
+# The sandbox/ files the image is built from (with the wheels and requirements made here).
+CONTEXT_FILES = ("Dockerfile", "check-compilers.sh")
 PYTHON_VERSION = "3.11"  # Debian bookworm's python3
 # Where the wheels must run: CPython 3.11 on glibc x86_64 (pip downloads for this, not the host).
 _WHEEL_TARGET = [
@@ -76,10 +78,8 @@ class ImagePlan:
 
     @property
     def inputs_hash(self) -> str:
-        dockerfile = (resource_dir("sandbox") / "Dockerfile").read_bytes()
-        return _sha(
-            dockerfile, self.flavor, self.base_image, *self.requirements, "--", *self.pip_args
-        )
+        files = [(resource_dir("sandbox") / n).read_bytes() for n in CONTEXT_FILES]
+        return _sha(*files, self.flavor, self.base_image, *self.requirements, "--", *self.pip_args)
 
     @property
     def tag(self) -> str:
@@ -221,7 +221,8 @@ def _build(plan: ImagePlan, client: Any, tee: _Tee) -> None:
                 raise SandboxError(f"cannot pull the base image {plan.base_image}: {e}") from None
     with tempfile.TemporaryDirectory(prefix="nanoenv-build-") as tmp:
         ctx = Path(tmp)
-        shutil.copy(resource_dir("sandbox") / "Dockerfile", ctx / "Dockerfile")
+        for name in CONTEXT_FILES:
+            shutil.copy(resource_dir("sandbox") / name, ctx / name)
         (ctx / "requirements.txt").write_text("\n".join(plan.requirements) + "\n")
         _download_wheels(plan, ctx / "wheels", tee)
         tee.write(f"building {plan.tag} from {plan.base_image}\n")

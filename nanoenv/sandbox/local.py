@@ -36,6 +36,7 @@ from nanoenv.sandbox.base import (
     OutputPump,
     copy_out,
     job_gpu_count,
+    job_threads,
     render_command,
     result_from,
 )
@@ -170,7 +171,7 @@ class LocalSandbox:
 
     def _env(self, job: Job, workspace: Path, out_dir: Path, job_id: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        threads = str(max(1, int(job.limits.cpus or os.cpu_count() or 1)))
+        threads = job_threads(job, os.cpu_count())
         env.update(
             HOME=str(workspace),
             TMPDIR=str(workspace / "tmp"),
