@@ -24,7 +24,7 @@ from nanoenv.sandbox import Sandbox, make_sandbox
 from nanoenv.settings import RunSettings
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
 from nanoenv.store import RunStore
-from nanoenv.tasks import baseline_script, load_task, smoke_task
+from nanoenv.tasks import baseline_script, load_task, own_baseline, smoke_task
 from nanoenv.types import Action, Outcome, RunResult
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self.task = load_task(task, **overrides)
         if smoke:
             self.task = smoke_task(self.task)
-        self.baseline = (
-            baseline_script(self.task) if baseline is None else Path(baseline).read_text()
-        )
+        if baseline is None:
+            self.baseline = baseline_script(self.task)
+        else:  # a script, or a record's folder: the script and the modules it imports
+            self.baseline, modules = own_baseline(Path(baseline), self.task)
+            self.task = self.task.model_copy(update={"modules": modules})
         if baseline is not None:  # a user's own script: only the protected regions it marks
             marked = protected_regions(self.baseline)
             self.task = self.task.model_copy(

@@ -50,6 +50,16 @@ def brief(
             f" Each step runs {settings.repeats} times; the target counts as met only if the "
             "mean loss is below it with p < 0.01 (one-sided t-test)."
         )
+    beside = (
+        f" (beside it, unchanged: {', '.join(f'`{m}`' for m in sorted(task.modules))})"
+        if task.modules
+        else ""
+    )
+    if task.data.record_layout:
+        beside += (
+            f"; the data is in NANOENV_DATA_DIR and also at `{task.data.record_layout}*.bin` in the"
+            " working directory, where the speedrun's records read it"
+        )
     return f"""# {task.title or task.id}{size}
 
 {task.description.strip()}
@@ -63,7 +73,7 @@ or nanoenv.Action(script=...) for a whole new script, with base=k to start from 
 script (0 = the baseline). Each step runs the script once, for at most {settings.timeout_s:.0f} s, in the
 `{sandbox}` sandbox. The episode is truncated after {max_steps} steps.
 
-Rules: only `{task.script}` may change; a patch is at most {task.max_patch_bytes:,} bytes. These
+Rules: only `{task.script}` may change{beside}; a patch is at most {task.max_patch_bytes:,} bytes. These
 protected regions must stay exactly as they are:
 {protected}
 The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),

@@ -98,10 +98,11 @@ class Runner:
         limits = self.task.limits.model_copy(update={"timeout_s": self.settings.timeout_s})
         command = [part.replace("{procs}", str(self.task.processes)) for part in self.task.command]
         return Job(
-            files={self.task.script: script},
+            files={**self.task.modules, self.task.script: script},
             command=command,
             env=env,
             data_dir=self.data_root / "public",
+            data_links=self.task.data.record_layout,
             masked=[self.data_root / "hidden"],  # never in reach while a run trains
             out_dir=out_dir,
             limits=limits,

@@ -106,6 +106,38 @@ def baseline_script(task: TaskSpec) -> str:
     return (task.task_dir / (task.source or task.script)).read_text(encoding="utf-8")
 
 
+# What a folder given as a baseline may ship beside its script (a record's own modules).
+MAX_MODULES_BYTES = 4 * 1024**2
+MAIN_SCRIPTS = ("train_gpt.py", "train_gpt2.py")
+
+
+def own_baseline(path: Path, task: TaskSpec) -> tuple[str, dict[str, str]]:
+    """A user's baseline: a script, or a folder (a modded-nanogpt record) holding the script
+    and the Python modules it imports. Returns the script and the modules, which travel beside
+    it in every job unchanged (an action edits the script only). The script in a folder is the
+    one named like the task's, else train_gpt.py or train_gpt2.py, else its only .py file."""
+    path = Path(path)
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), {}
+    if not path.is_dir():
+        raise TaskError(f"the baseline {path} is neither a file nor a folder")
+    py = sorted(p.name for p in path.glob("*.py") if p.is_file())
+    main = next((n for n in (task.script, *MAIN_SCRIPTS) if n in py), None)
+    if main is None and len(py) == 1:
+        main = py[0]
+    if main is None:
+        raise TaskError(
+            f"the baseline folder {path} has no {task.script}, train_gpt.py or train_gpt2.py "
+            f"and {len(py)} .py files ({', '.join(py) or 'none'}): name the script instead"
+        )
+    modules = {
+        n: (path / n).read_text(encoding="utf-8") for n in py if n not in (main, task.script)
+    }
+    if sum(len(t.encode()) for t in modules.values()) > MAX_MODULES_BYTES:
+        raise TaskError(f"the modules beside {main} in {path} exceed {MAX_MODULES_BYTES} bytes")
+    return (path / main).read_text(encoding="utf-8"), modules
+
+
 def smoke_task(task: TaskSpec) -> TaskSpec:
     """The task at its smoke size: its own target, baseline time, deadline, device, data."""
     if task.smoke is None:
@@ -115,7 +147,9 @@ def smoke_task(task: TaskSpec) -> TaskSpec:
         "val_loss": s.target_val_loss, "train_time_s": s.baseline_train_time_s,
         "hidden_loss": s.target_hidden_loss, "tokens": s.baseline_tokens,
     })  # fmt: skip
-    data = DataSpec(dataset=s.dataset, auto_prepare=True) if s.dataset else task.data
+    data = task.data
+    if s.dataset:  # smoke data, in the same layout as the real data
+        data = DataSpec(dataset=s.dataset, auto_prepare=True, record_layout=data.record_layout)
     return task.model_copy(
         update={
             "target_val_loss": s.target_val_loss,

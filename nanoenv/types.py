@@ -236,6 +236,9 @@ class Job(BaseModel):
     input_dir: Path | None = None
     out_dir: Path | None = None
     masked: list[Path] = Field(default_factory=list)
+    # Each shard NAME of data_dir is also linked read-only at data_links + NAME in the job's
+    # working directory (DataSpec.record_layout).
+    data_links: str | None = None
     limits: Limits = Field(default_factory=Limits)
     gpus: int | list[int] = 0
     network: bool = False
@@ -283,6 +286,10 @@ class DataSpec(BaseModel):
     dataset: str
     manifest_sha256: str | None = None
     auto_prepare: bool = False
+    # Where a modded-nanogpt record looks for the shards, relative to its working directory:
+    # each public shard NAME is also offered there as PREFIX + NAME (train_000001.bin as
+    # data/fineweb10B/fineweb_train_000001.bin), so a record runs without edits to its paths.
+    record_layout: str | None = None
 
 
 class BaselineSpec(BaseModel):
@@ -414,4 +421,7 @@ class TaskSpec(BaseModel):
     max_script_bytes: int = 256 * 1024
     max_steps: int = 20
     env: dict[str, str] = Field(default_factory=dict)
+    # Files shipped beside the script in every job, unchanged by actions: the modules of a
+    # baseline given as a folder (tasks.own_baseline).
+    modules: dict[str, str] = Field(default_factory=dict)
     task_dir: Path | None = None

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoenv.types import Job, JobResult, TaskSpec
+from nanoenv.types import Job, JobResult, Limits, TaskSpec
 
 WORKER = Path(__file__).with_name("verify_worker.py")
+MAX_WORKER_OUT_BYTES = 8 * 1024**3
 
 
 @dataclass
@@ -42,6 +43,14 @@ class Worker:
     masked: list[Path]
     keep_dir: Path | None = None
 
+    def limits(self) -> Limits:
+        """The worker job's limits: the task's, with the verifier's deadline and room for what
+        it writes back (two files; logits may be far bigger than a model)."""
+        out_bytes = max(self.task.limits.max_out_bytes, MAX_WORKER_OUT_BYTES)
+        update = {"timeout_s": self.task.verify.timeout_s, "max_out_files": 4,
+                  "max_out_bytes": out_bytes}  # fmt: skip
+        return self.task.limits.model_copy(update=update)
+
     def run(
         self, mode: str, x: np.ndarray, pos: np.ndarray | None = None, name: str = ""
     ) -> tuple[np.ndarray, dict[str, float]] | Reevaluation:
@@ -53,6 +62,8 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="nanoenv-verify-") as tmp:
             inputs, out = Path(tmp) / "in", Path(tmp) / "out"
             inputs.mkdir()
+            for module, text in task.modules.items():  # what the script imports beside it
+                (inputs / module).write_text(text, encoding="utf-8")
             (inputs / task.script).write_text(self.script, encoding="utf-8")
             for name_ in ("model.safetensors", "model.json"):
                 shutil.copyfile(self.run_out / name_, inputs / name_)
@@ -64,9 +75,6 @@ class Worker:
             for p in inputs.iterdir():
                 p.chmod(0o644)
             inputs.chmod(0o755)
-            # The worker writes two files; logits may be far bigger than a model.
-            limits = {"timeout_s": spec.timeout_s, "max_out_files": 4,
-                      "max_out_bytes": max(task.limits.max_out_bytes, 8 * 1024**3)}  # fmt: skip
             job = Job(
                 files={WORKER.name: WORKER.read_text(encoding="utf-8")},
                 command=["{python}", WORKER.name],
@@ -74,7 +82,7 @@ class Worker:
                 input_dir=inputs,
                 out_dir=out,
                 masked=self.masked,
-                limits=task.limits.model_copy(update=limits),
+                limits=self.limits(),
                 gpus=min(task.gpus, 1),
                 labels={"nanoenv.task": task.id, "nanoenv.role": "verify"},
             )

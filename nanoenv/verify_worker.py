@@ -56,6 +56,7 @@ def write_report(report, out_dir):
 
 
 def import_candidate(path):
+    sys.path.insert(0, os.path.dirname(path))  # the modules a record's folder ships beside it
     spec = importlib.util.spec_from_file_location("candidate", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["candidate"] = module

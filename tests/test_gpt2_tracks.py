@@ -254,3 +254,63 @@ def test_a_run_that_needs_more_data_than_there_is_stops_before_training(gpt2_dat
     assert result.outcome is Outcome.CRASHED
     assert "RuntimeError: the train data is short" in result.message, result.message
     assert result.curve == []  # not one val line: it stopped before training
+
+
+@pytest.mark.parametrize("env_id", GPU_IDS)
+def test_what_the_verifier_writes_at_full_size_fits_its_sandbox(env_id):
+    """At the GPU tracks' full verify sizes (10,485,760 public tokens in windows of 1024, GPT-2's
+    50,304-wide logits), each worker run's output fits its limits and the Docker /work. Before
+    the audit, the worker wrote 2.49 GiB of logits into a 2 GiB /work and every run was rejected;
+    the 2 GiB cap no longer depends on the output (tests/test_sandbox_docker.py writes past it).
+    Arithmetic on the real plan: running the 10.5M-token forward on a CPU takes tens of minutes."""
+    from nanoenv.audit import _audit_plan
+    from nanoenv.sandbox.docker import WORK_TMPFS_MB, work_tmpfs_mb
+    from nanoenv.types import Job
+    from nanoenv.verifier import Worker
+    from nanoenv.verify import EvalSet, build_inputs
+
+    task = load_task(env_id)
+    spec, width = task.verify, 50304
+    T = spec.eval_seq_len
+
+    def windows(tokens):
+        return np.zeros((tokens // T, T), dtype=np.int64)
+
+    es = EvalSet(windows(spec.public_tokens), windows(spec.public_tokens),
+                 windows(spec.hidden_tokens), windows(spec.hidden_tokens), 50257,
+                 windows(spec.hidden_tokens), windows(spec.hidden_tokens))  # fmt: skip
+    rng = np.random.default_rng(0)
+    x, layout = build_inputs(es, spec, rng)
+    assert x.shape == (10240 + 2 * 128 + 16 + 16, 1024)
+    _, pos = _audit_plan(layout, *x.shape, spec.audit_positions, rng)
+    written = {"logprobs": x.shape[0] * (T - 1) * 4, "audit logits": pos.size * width * 4}
+    limits = Worker(None, task, "", Path("."), []).limits()
+    room = (work_tmpfs_mb(Job(files={}, command=["x"], limits=limits)) - WORK_TMPFS_MB) * 2**20
+    for name, size in written.items():
+        assert size <= min(limits.max_out_bytes, limits.max_file_bytes, room), name
+    assert written["audit logits"] < 2**30 and pos.size >= spec.audit_positions
+
+
+RECORD = Path(__file__).parent / "fixtures" / "records" / "muon-2024-10"
+
+
+@pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+def test_a_record_folder_runs_as_the_baseline_as_it_is(gpt2_data, tmp_path, sandbox, request):
+    """The 2024-10 Muon record's data loader and logging (tests/fixtures/records/muon-2024-10,
+    its CUDA parts replaced by the stand-in in stand_in.py) as `baseline=FOLDER`: it globs
+    data/fineweb10B/fineweb_{train,val}_*.bin from its working directory and imports its sibling
+    module, unedited. Before, a folder was not a baseline and the paths found no shards."""
+    if sandbox == "docker":
+        request.getfixturevalue("docker_image")
+    env = gym.make(GPU_IDS[0], smoke=True, baseline=RECORD, sandbox=sandbox, runs_dir=tmp_path,
+                   disable_env_checker=True, render_mode="ansi")  # fmt: skip
+    obs, _ = env.reset(seed=0)
+    assert obs["script"] == (RECORD / "train_gpt2.py").read_text()
+    assert "`stand_in.py`" in obs["feedback"] and "data/fineweb10B/fineweb_*.bin" in obs["feedback"]
+    result = env.step("")[4]["result"]
+    env.close()
+    assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message + result.log_tail
+    assert [p.step for p in result.val_curve] == [0, 3, 6]
+    assert result.verdict.level == "log"
+    log = (Path(result.artifacts_dir) / "log.txt").read_text()
+    assert "Training DataLoader: total number of tokens:" in log and "across 1 files" in log

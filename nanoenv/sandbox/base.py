@@ -57,6 +57,17 @@ def job_threads(job: Job, host_cpus: int | None) -> str:
     return str(max(1, int(job_cpus(job, host_cpus))))
 
 
+def data_links(job: Job) -> dict[str, str]:
+    """The links a job's working directory gets: {path relative to it: shard file name in
+    data_dir}, one per ``*.bin`` shard, under ``job.data_links`` (a relative path prefix)."""
+    if not job.data_links or job.data_dir is None or not job.data_dir.is_dir():
+        return {}
+    prefix = job.data_links
+    if prefix.startswith("/") or ".." in Path(prefix).parts:
+        raise ValueError(f"data_links must be a relative path inside the workspace, got {prefix!r}")
+    return {f"{prefix}{p.name}": p.name for p in sorted(job.data_dir.glob("*.bin"))}
+
+
 def job_gpu_count(job: Job) -> int:
     """How many GPUs a job asks for."""
     return len(job.gpus) if isinstance(job.gpus, list) else int(job.gpus)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import socket
 import tempfile
@@ -30,6 +31,7 @@ from nanoenv.sandbox.base import (
     LineCallback,
     LineSplitter,
     OutputPump,
+    data_links,
     extract_tar,
     job_cpus,
     job_gpu_count,
@@ -63,6 +65,15 @@ def _daemon_hint(error: Exception) -> str:
         f"cannot reach the Docker daemon ({error}). Start it (`sudo systemctl start docker`, "
         "or `sudo dockerd &`), or point DOCKER_HOST at one"
     )
+
+
+def _links_script(job: Job) -> str:
+    """Shell that offers the data in the records' layout too (Job.data_links), under /work."""
+    steps = []
+    for rel, shard in data_links(job).items():
+        link = shlex.quote(f"/work/{rel}")
+        steps.append(f"mkdir -p $(dirname {link}) && ln -s /data/{shlex.quote(shard)} {link} && ")
+    return "".join(steps)
 
 
 def connect() -> Any:
@@ -318,7 +329,7 @@ class DockerSandbox:
         api = client.api
         cmd = render_command(job.command, python="python3", gpus=job_gpu_count(job))
         exec_id = api.exec_create(
-            container.id, ["sh", "-c", _START, "nanoenv-job", *cmd],
+            container.id, ["sh", "-c", _links_script(job) + _START, "nanoenv-job", *cmd],
             environment=self.exec_env(job, self.host_cpus()), workdir="/work",
             user=f"{UID}:{UID}",
         )["Id"]  # fmt: skip

@@ -35,6 +35,7 @@ from nanoenv.sandbox.base import (
     LineCallback,
     OutputPump,
     copy_out,
+    data_links,
     job_gpu_count,
     job_threads,
     render_command,
@@ -213,6 +214,9 @@ class LocalSandbox:
                 if "/" in name or name.startswith(".."):
                     raise ValueError(f"job file names must be plain names, got {name!r}")
                 (workspace / name).write_text(text, encoding="utf-8")
+            for rel, shard in data_links(job).items():
+                (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+                (workspace / rel).symlink_to(job.data_dir / shard)  # type: ignore[operator]
             out_dir = workspace / "out"
             out_dir.mkdir()
             (workspace / "tmp").mkdir()
