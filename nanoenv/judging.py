@@ -23,6 +23,8 @@ _RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
 _LAUNCHER_ERRORS = ("ChildFailedError",)
 ERROR_FRAMES = 4
 MAX_ERROR_CHARS = 3000
+MAX_TRACEBACKS = 50
+TRACEBACK_WINDOW = 2000  # lines after a traceback's first line in which it must end
 # Repeats whose losses agree this closely came from one run, not from several seeds.
 IDENTICAL_LOSSES = 1e-9
 
@@ -74,21 +76,25 @@ def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
     tracebacks may interleave), and keeps the exception line, so the agent sees the root cause.
     """
     texts = [ln.text for ln in lines]
-    for i, text in enumerate(texts):
+    starts = [i for i, t in enumerate(texts) if "Traceback (most recent call last):" in t]
+    # Bounded work whatever a script prints: the first tracebacks, a window of lines each.
+    for i in starts[:MAX_TRACEBACKS]:
+        text = texts[i]
         body = _RANK_PREFIX.sub("", text)
         if not body.startswith("Traceback (most recent call last):"):
             continue
         prefix = text[: len(text) - len(body)]
-        own = [t[len(prefix) :] for t in texts[i + 1 :] if t.startswith(prefix)]
+        window = texts[i + 1 : i + 1 + TRACEBACK_WINDOW]
+        own = [t[len(prefix) :] for t in window if t.startswith(prefix)]
         end = next((k for k, t in enumerate(own) if t and not t[0].isspace()), None)
         if end is None:
             continue
         exception = own[end]
-        if any(name in exception for name in _LAUNCHER_ERRORS):
+        if exception.startswith("Traceback") or any(n in exception for n in _LAUNCHER_ERRORS):
             continue
-        starts = [k for k, t in enumerate(own[:end]) if t.startswith("  File ")]
-        kept = own[starts[-frames] : end] if len(starts) > frames else own[:end]
-        skipped = len(starts) - frames
+        files = [k for k, t in enumerate(own[:end]) if t.startswith("  File ")]
+        kept = own[files[-frames] : end] if len(files) > frames else own[:end]
+        skipped = len(files) - frames
         head = [body] + ([f"  ... ({skipped} earlier frames)"] if skipped > 0 else [])
         return "\n".join(head + kept + [exception])[:MAX_ERROR_CHARS]
     return ""

@@ -170,3 +170,11 @@ def test_first_error_is_empty_without_a_python_exception():
         classify_job(JobResult(exit_code=139), parser_with())[1]
         == "the script exited with code 139"
     )
+
+
+def test_first_error_reads_a_bounded_part_of_a_flood():
+    """A script that prints 100,000 unfinished tracebacks: the search looks at the first 50,
+    each over a window of lines, instead of rescanning the rest of the output for every one
+    (which, at 100,000 squared, would not finish); nothing is found, and it says so."""
+    flood = ["Traceback (most recent call last):"] * 100_000 + ["ValueError: late"]
+    assert first_error(_lines("\n".join(flood))) == ""
