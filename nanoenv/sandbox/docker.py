@@ -69,10 +69,11 @@ def _daemon_hint(error: Exception) -> str:
 
 def _links_script(job: Job) -> str:
     """Shell that offers the data in the records' layout too (Job.data_links), under /work."""
-    steps = []
-    for rel, shard in data_links(job).items():
-        link = shlex.quote(f"/work/{rel}")
-        steps.append(f"mkdir -p $(dirname {link}) && ln -s /data/{shlex.quote(shard)} {link} && ")
+    links = data_links(job)
+    parents = sorted({str(Path("/work", rel).parent) for rel in links})
+    steps = [f"mkdir -p {' '.join(map(shlex.quote, parents))} && "] if parents else []
+    for rel, shard in links.items():
+        steps.append(f"ln -s /data/{shlex.quote(shard)} {shlex.quote(f'/work/{rel}')} && ")
     return "".join(steps)
 
 
