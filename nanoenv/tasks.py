@@ -130,12 +130,18 @@ def own_baseline(path: Path, task: TaskSpec) -> tuple[str, dict[str, str]]:
             f"the baseline folder {path} has no {task.script}, train_gpt.py or train_gpt2.py "
             f"and {len(py)} .py files ({', '.join(py) or 'none'}): name the script instead"
         )
-    modules = {
-        n: (path / n).read_text(encoding="utf-8") for n in py if n not in (main, task.script)
-    }
+    try:
+        modules = {
+            n: (path / n).read_text(encoding="utf-8") for n in py if n not in (main, task.script)
+        }
+        script = (path / main).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(
+            f"a .py file in the baseline folder {path} is not UTF-8 text: {e}"
+        ) from None
     if sum(len(t.encode()) for t in modules.values()) > MAX_MODULES_BYTES:
         raise TaskError(f"the modules beside {main} in {path} exceed {MAX_MODULES_BYTES} bytes")
-    return (path / main).read_text(encoding="utf-8"), modules
+    return script, modules
 
 
 def smoke_task(task: TaskSpec) -> TaskSpec:

@@ -314,3 +314,20 @@ def test_a_record_folder_runs_as_the_baseline_as_it_is(gpt2_data, tmp_path, sand
     assert result.verdict.level == "log"
     log = (Path(result.artifacts_dir) / "log.txt").read_text()
     assert "Training DataLoader: total number of tokens:" in log and "across 1 files" in log
+
+
+def test_a_baseline_folder_that_is_not_a_baseline_is_named(tmp_path):
+    """A folder with no script to pick, or with a module that is not text: a TaskError that
+    says which, not a traceback from deep inside the reader."""
+    from nanoenv.errors import TaskError
+    from nanoenv.tasks import own_baseline
+
+    task = load_task(GPU_IDS[0])
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    with pytest.raises(TaskError, match=r"2 \.py files \(a\.py, b\.py\): name the script"):
+        own_baseline(tmp_path, task)
+    (tmp_path / "train_gpt.py").write_text("print('hi')\n")
+    (tmp_path / "b.py").write_bytes(b"\xff\xfe")
+    with pytest.raises(TaskError, match="is not UTF-8 text"):
+        own_baseline(tmp_path, task)
