@@ -25,7 +25,7 @@ from nanoenv.settings import RunSettings
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
 from nanoenv.store import RunStore
 from nanoenv.tasks import baseline_script, load_task, own_baseline, smoke_task
-from nanoenv.types import Action, Outcome, RunResult
+from nanoenv.types import Action, Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,9 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     ## Arguments
 
-    ``task`` (id), ``sandbox`` (``"local"``, ``"docker"``, ``"ray"`` or a Sandbox),
-    ``verify`` (``"full"``: re-evaluate the model and run every check; ``"none"``: trust the
-    log), ``repeats`` (runs per step; with 2 or more, "meets the target" needs p < 0.01),
+    ``task`` (an id, a task folder's path, or a TaskSpec), ``sandbox`` (``"local"``,
+    ``"docker"``, ``"ray"`` or a Sandbox), ``verify`` (``"full"``: re-evaluate the model and
+    run every check; ``"none"``: trust the log), ``repeats`` (runs per step; with 2 or more, "meets the target" needs p < 0.01),
     ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
     tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``baseline`` (your own script
     as the baseline, e.g. a modded-nanogpt record; without ``build_model`` it runs at
@@ -94,7 +94,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     def __init__(
         self,
-        task: str = "Speedrun-Tiny-v0",
+        task: str | TaskSpec = "Speedrun-Tiny-v0",
         *,
         sandbox: str | Sandbox = "local",
         verify: str = "full",

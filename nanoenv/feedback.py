@@ -189,6 +189,11 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
         parts.append(f"CPU time {tel['cpu_time_s']:.1f} s")
     if "peak_rss_mb" in tel:
         parts.append(f"peak memory {tel['peak_rss_mb']:.0f} MB")
+    if "gpu_util_mean_pct" in tel:
+        parts.append(f"GPU utilisation {tel['gpu_util_mean_pct']:.0f} % mean, "
+                     f"{tel['gpu_util_peak_pct']:.0f} % peak")  # fmt: skip
+        parts.append(f"GPU memory peak {tel['gpu_mem_peak_mb']:,.0f} of "
+                     f"{tel['gpu_mem_total_mb']:,.0f} MiB")  # fmt: skip
     if result.wall_time_s or tel:
         text += "\n" + "; ".join(parts) + "."
         if result.artifacts_dir:

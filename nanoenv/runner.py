@@ -25,6 +25,7 @@ import numpy as np
 from nanoenv import verify
 from nanoenv.data import Manifest, prepare, verify_dataset
 from nanoenv.errors import DataError, SandboxError
+from nanoenv.gpu_telemetry import GpuSampler
 from nanoenv.gpus import GpuPool
 from nanoenv.judging import (
     against_target,
@@ -115,7 +116,9 @@ class Runner:
 
         Ray places jobs itself. A local or docker job first takes k free GPU ids and then its
         CPU slots from the machine's pools (GPUs first, so no job holds cores while it waits),
-        held until the job ends however it ends. The wait is not part of the job's time.
+        held until the job ends however it ends. The wait is not part of the job's time. While
+        it runs, its GPUs' utilisation and memory are sampled into its telemetry (not on Ray,
+        whose GPU ids the harness does not know).
         """
         if self.sandbox.name == "ray":
             return self.sandbox.run(job, on_line, cancel)
@@ -136,9 +139,12 @@ class Runner:
                     )
                 )
                 waited = time.monotonic() - t0
+                # The harness reads the job's GPUs itself (NVML), from outside the job.
+                gpu = held.enter_context(GpuSampler(job.gpus if k else []))
                 result = self.sandbox.run(job, on_line, cancel)
         except SandboxError as e:
             return JobResult(infra_error=str(e))
+        result.telemetry.update(gpu.summary())
         if waited >= 0.5:
             result.telemetry["slot_wait_s"] = round(waited, 2)
         return result

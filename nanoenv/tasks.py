@@ -63,17 +63,24 @@ def task_ids() -> list[str]:
     return sorted({load_task(t).id for t in discovered_ids()})
 
 
-def load_task(name: str, **overrides: Any) -> TaskSpec:
+def load_task(name: str | TaskSpec, **overrides: Any) -> TaskSpec:
     """Load a task by id (``Speedrun-Tiny-v0``, with or without ``nanoenv/``), by its folder's
-    name under envs/, or by the path of a task folder anywhere (a candidate track).
+    name under envs/, or by the path of a task folder anywhere (a candidate track). A TaskSpec
+    is taken as it is (a task built in code, e.g. a loaded one at another size), overrides
+    applied and validated the same way.
 
     Args:
-        name: The task's id or its folder under envs/.
+        name: The task's id, its folder under envs/, a task folder's path, or a TaskSpec.
         **overrides: Top-level TaskSpec fields to replace (e.g. ``max_steps=5``).
 
     Raises:
         TaskError: the task does not exist (with the nearest names) or its toml is invalid.
     """
+    if isinstance(name, TaskSpec):
+        try:
+            return TaskSpec.model_validate({**name.model_dump(), **overrides})
+        except ValidationError as e:
+            raise TaskError(f"task {name.id} with {sorted(overrides)} is not valid: {e}") from None
     key = name.removeprefix(NAMESPACE)
     files = _task_files()
     folder = Path(name)

@@ -68,6 +68,27 @@ def test_a_candidate_track_loads_from_its_folder_unregistered(tmp_path):
     assert task.target_val_loss == load_task("Speedrun-Tiny-v0").target_val_loss
 
 
+def test_a_task_built_in_code_runs_as_given(tiny_data, tmp_path):
+    """A TaskSpec (a loaded task at another size) is a task too: overrides are validated the
+    same way, and the env runs that task, not the registered one of the same id."""
+    from nanoenv.env import SpeedrunEnv
+    from nanoenv.errors import TaskError
+
+    task = load_task("tiny")
+    assert load_task(task, max_steps=3).max_steps == 3 and task.max_steps != 3
+    with pytest.raises(TaskError, match="is not valid"):
+        load_task(task, max_steps="many")
+    env = SpeedrunEnv(load_task(task, max_steps=1), smoke=True, verify="none",
+                      runs_dir=tmp_path)  # fmt: skip
+    try:
+        env.reset(seed=0)
+        *_, truncated, info = env.step({"diff": "", "base": 0})
+        assert truncated is True  # the given task's max_steps, not the registered 20
+        assert info["result"].outcome.value in ("ok", "missed_target")
+    finally:
+        env.close()
+
+
 def test_check_env_passes(make_env):
     """gymnasium's own checker accepts the env (its sampled actions are malformed patches)."""
     check_env(make_env().unwrapped)
