@@ -45,6 +45,8 @@ def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | Non
     if job.exit_code != 0:
         found = first_error(job.lines)
         why = f": {found.splitlines()[-1][:300]}" if found else ""
+        if need := network_need(job.lines):
+            why += f". {need[0].upper()}{need[1:]}"
         return Outcome.CRASHED, f"the script exited with code {job.exit_code}{why}"
     if parser.last_val is None:
         return Outcome.CRASHED, "the script exited 0 but printed no `val_loss` line"
@@ -67,14 +69,12 @@ def log_tail(lines: list[StampedLine], n: int = LOG_TAIL_LINES) -> str:
     )
 
 
-def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
-    """The first Python exception in the output with its last ``frames`` frames, or "".
-
-    Under torchrun the last lines are the launcher's ChildFailedError summary, which names no
-    cause; the workers' tracebacks come before it, each line marked with its rank. This finds
-    the first traceback that is not the launcher's, reads only its rank's lines (two ranks'
-    tracebacks may interleave), and keeps the exception line, so the agent sees the root cause.
-    """
+def _first_traceback(
+    lines: list[StampedLine],
+) -> tuple[str, list[str], str, list[str]] | None:
+    """The first worker traceback in the output: its first line, its frame lines (its own
+    rank's only), its exception line, and its rank's lines from there on (where the exceptions
+    chained to it follow); None if there is none."""
     texts = [ln.text for ln in lines]
     starts = [i for i, t in enumerate(texts) if "Traceback (most recent call last):" in t]
     # Bounded work whatever a script prints: the first tracebacks, a window of lines each.
@@ -92,12 +92,63 @@ def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
         exception = own[end]
         if exception.startswith("Traceback") or any(n in exception for n in _LAUNCHER_ERRORS):
             continue
-        files = [k for k, t in enumerate(own[:end]) if t.startswith("  File ")]
-        kept = own[files[-frames] : end] if len(files) > frames else own[:end]
-        skipped = len(files) - frames
-        head = [body] + ([f"  ... ({skipped} earlier frames)"] if skipped > 0 else [])
-        return "\n".join(head + kept + [exception])[:MAX_ERROR_CHARS]
-    return ""
+        return body, own[:end], exception, own
+    return None
+
+
+def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
+    """The first Python exception in the output with its last ``frames`` frames, or "".
+
+    Under torchrun the last lines are the launcher's ChildFailedError summary, which names no
+    cause; the workers' tracebacks come before it, each line marked with its rank. This finds
+    the first traceback that is not the launcher's, reads only its rank's lines (two ranks'
+    tracebacks may interleave), and keeps the exception line, so the agent sees the root cause.
+    """
+    found = _first_traceback(lines)
+    if found is None:
+        return ""
+    body, stack, exception, _ = found
+    files = [k for k, t in enumerate(stack) if t.startswith("  File ")]
+    kept = stack[files[-frames] :] if len(files) > frames else stack
+    skipped = len(files) - frames
+    head = [body] + ([f"  ... ({skipped} earlier frames)"] if skipped > 0 else [])
+    return "\n".join(head + kept + [exception])[:MAX_ERROR_CHARS]
+
+
+# What a failed download says (urllib, requests, httpx, huggingface_hub offline), and who in the
+# stack was downloading: the records fetch kernels and tokenizer files at import.
+_NETWORK_SIGNS = (
+    "Temporary failure in name resolution", "Name or service not known", "NameResolutionError",
+    "Failed to resolve", "Network is unreachable", "No route to host", "URLError",
+    "ConnectError", "ConnectionError", "ConnectTimeout", "LocalEntryNotFoundError",
+    "OfflineModeIsEnabled", "check your internet connection", "check your connection",
+)  # fmt: skip
+_NETWORK_USERS = (
+    ("kernels", "a compiled kernel from the Hugging Face hub (kernels.get_kernel)"),
+    ("tiktoken", "tiktoken's BPE files (tiktoken.get_encoding downloads them)"),
+    ("huggingface_hub", "a file from the Hugging Face hub"),
+    ("torch/hub", "a torch.hub download"),
+)
+_HOST = re.compile(r"host='([\w.-]+)'|https?://([\w.-]+)")
+
+
+def network_need(lines: list[StampedLine]) -> str:
+    """A sentence naming what the script tried to download, when its first error is a failed
+    network call (the sandbox has none), else ""."""
+    found = _first_traceback(lines)
+    if found is None:
+        return ""
+    text = "\n".join(found[3])  # the chain: who was downloading is often in a later traceback
+    if not any(sign in text for sign in _NETWORK_SIGNS):
+        return ""
+    users = [what for module, what in _NETWORK_USERS if f"/{module}/" in text]
+    hosts = sorted({a or b for a, b in _HOST.findall(text)})
+    named = "; ".join(users[:1] + [f"host {', '.join(hosts[:3])}"] * bool(hosts))
+    return (
+        f"it needed the network ({named or 'a download'}), and jobs run without one: put what "
+        "it downloads in the sandbox image or ship it beside the script (a baseline folder's "
+        "files travel with every job), and load it from there"
+    )
 
 
 def aggregate(runs: list[RunResult], target: float) -> RunResult:

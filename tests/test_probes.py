@@ -170,6 +170,34 @@ def test_writing_data_and_root(run_probe, sandbox):
 
 
 @pytest.mark.parametrize("sandbox", BOTH)
+def test_a_download_fails_with_a_message_that_names_it(run_probe, sandbox):
+    """A script that fetches at import (as the current records fetch a kernel and tiktoken's
+    files) crashes, and the message names what it needed and says where to put it instead."""
+    result, _ = run_probe(sandbox, probe("""
+        import urllib.request
+        urllib.request.urlopen("https://huggingface.co/api/kernels", timeout=10)
+    """))  # fmt: skip
+    assert result.outcome is Outcome.CRASHED
+    # the first error is the root cause (the name lookup), its chain says who was fetching
+    assert "Temporary failure in name resolution" in result.message, result.message
+    assert "It needed the network (host huggingface.co), and jobs run without one" in result.message
+    assert "ship it beside the script" in result.message
+
+
+def test_tiktoken_s_download_is_named(run_probe):
+    """The current record's tokenizer fetch, in the local sandbox (where tiktoken is installed)."""
+    result, _ = run_probe("local", probe("""
+        import os, tempfile
+        os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp()  # nothing cached: it must fetch
+        import tiktoken
+        tiktoken.get_encoding("gpt2")
+    """))  # fmt: skip
+    assert result.outcome is Outcome.CRASHED
+    assert "tiktoken's BPE files" in result.message, result.message
+    assert "openaipublic.blob.core.windows.net" in result.message
+
+
+@pytest.mark.parametrize("sandbox", BOTH)
 def test_network(run_probe, sandbox):
     """There is no interface but loopback, and no connection leaves the machine."""
     _, lines = run_probe(sandbox, probe("""
