@@ -291,29 +291,42 @@ def test_what_the_verifier_writes_at_full_size_fits_its_sandbox(env_id):
     assert written["audit logits"] < 2**30 and pos.size >= spec.audit_positions
 
 
-RECORD = Path(__file__).parent / "fixtures" / "records" / "muon-2024-10"
+RECORDS = Path(__file__).parent / "fixtures" / "records"
+# Each era's record as a fixture: its script, the val steps its smoke size logs, and a line of
+# its own logging that shows its loader read the shards where the records look for them.
+RECORD_ERAS = {
+    "muon-2024-10": ("train_gpt2.py", [0, 3, 6], "Training DataLoader: total number of tokens:"),
+    "softcap-2025-01": ("train_gpt.py", [0, 20, 40], "logs/"),
+}
 
 
+@pytest.mark.parametrize("era", list(RECORD_ERAS))
 @pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
-def test_a_record_folder_runs_as_the_baseline_as_it_is(gpt2_data, tmp_path, sandbox, request):
-    """The 2024-10 Muon record's data loader and logging (tests/fixtures/records/muon-2024-10,
-    its CUDA parts replaced by the stand-in in stand_in.py) as `baseline=FOLDER`: it globs
+def test_a_record_folder_runs_as_the_baseline_as_it_is(gpt2_data, tmp_path, sandbox, era, request):
+    """A record's data loader and logging (tests/fixtures/records/<era>, its CUDA parts replaced
+    by the stand-in in stand_in.py) as `baseline=FOLDER`: it globs
     data/fineweb10B/fineweb_{train,val}_*.bin from its working directory and imports its sibling
-    module, unedited. Before, a folder was not a baseline and the paths found no shards."""
+    module, unedited. The 2024-10 Muon record reads shards with numpy; the 2025-01 softcap record
+    with torch.from_file, writes its own logs/ file and resets its clock at step 10 (its first
+    steps log step_avg:nanms). Before, a folder was not a baseline and the paths found no shards."""
     if sandbox == "docker":
         request.getfixturevalue("docker_image")
-    env = gym.make(GPU_IDS[0], smoke=True, baseline=RECORD, sandbox=sandbox, runs_dir=tmp_path,
+    record = RECORDS / era
+    script, val_steps, own_line = RECORD_ERAS[era]
+    env = gym.make(GPU_IDS[0], smoke=True, baseline=record, sandbox=sandbox, runs_dir=tmp_path,
                    disable_env_checker=True, render_mode="ansi")  # fmt: skip
     obs, _ = env.reset(seed=0)
-    assert obs["script"] == (RECORD / "train_gpt2.py").read_text()
+    assert obs["script"] == (record / script).read_text()
     assert "`stand_in.py`" in obs["feedback"] and "data/fineweb10B/fineweb_*.bin" in obs["feedback"]
     result = env.step("")[4]["result"]
     env.close()
     assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message + result.log_tail
-    assert [p.step for p in result.val_curve] == [0, 3, 6]
+    assert [p.step for p in result.val_curve] == val_steps
     assert result.verdict.level == "log"
     log = (Path(result.artifacts_dir) / "log.txt").read_text()
-    assert "Training DataLoader: total number of tokens:" in log and "across 1 files" in log
+    assert own_line in log
+    if era == "softcap-2025-01":  # its clock skips steps 1-10; the harness's does not
+        assert result.train_time_s > result.reported_train_time_s
 
 
 def test_a_baseline_folder_that_is_not_a_baseline_is_named(tmp_path):
