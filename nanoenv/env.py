@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,8 @@ from nanoenv.tasks import baseline_script, load_task, own_baseline, smoke_task
 from nanoenv.types import Action, Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)
+# How long close() waits for cancelled runs to end before it closes their sandbox.
+CLOSE_WAIT_S = 60.0
 
 
 class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
@@ -158,6 +161,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         # machine's cores, so one by default; Ray schedules by resources, so more.
         in_flight = max_in_flight or (4 if self.sandbox.name == "ray" else 1)
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="nanoenv-step")
+        self._in_flight: dict[Future, threading.Event] = {}  # running or queued: their cancels
         self._new_episode()
 
     # ------------------------------------------------------------------ gymnasium API
@@ -199,6 +203,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         pending = self.episode.prepare(action, seeds)
         cancel = threading.Event()
         future = self._pool.submit(self._complete, self.episode, pending, cancel)
+        self._in_flight[future] = cancel
+        future.add_done_callback(lambda f: self._in_flight.pop(f, None))
         return StepHandle(future, cancel, pending.index)
 
     def _complete(
@@ -226,8 +232,14 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         return self._feedback if self.render_mode == "ansi" else None
 
     def close(self) -> None:
-        """Stop what is in flight and release the sandbox."""
+        """Stop what is in flight and release the sandbox: queued steps never start, running
+        ones are cancelled (their jobs killed, each step ending as infra_error with its record
+        on disk), and the sandbox closes only once they have ended (or CLOSE_WAIT_S passed)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        running = dict(self._in_flight)
+        for cancel in running.values():
+            cancel.set()
+        futures.wait(list(running), timeout=CLOSE_WAIT_S)
         self.sandbox.close()
 
     # ------------------------------------------------------------------ episode state

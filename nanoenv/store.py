@@ -9,14 +9,13 @@ timeout. It lives at ``<runs_dir>/runs.sqlite``; ``nanoenv runs`` reads it.
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from nanoenv.liveness import owner_alive, owner_id
 from nanoenv.types import RunResult
 
 DB_NAME = "runs.sqlite"
@@ -28,7 +27,7 @@ CREATE TABLE IF NOT EXISTS steps (
     smoke INTEGER NOT NULL,
     sandbox TEXT,
     status TEXT NOT NULL,          -- running, finished (interrupted is read off a dead owner)
-    owner TEXT,                    -- host:pid of the process that runs it
+    owner TEXT,                    -- host:pid:start of the process that runs it (liveness.py)
     started_at REAL,
     finished_at REAL,
     action TEXT,                   -- JSON, as the agent sent it
@@ -49,17 +48,6 @@ CREATE TABLE IF NOT EXISTS steps (
 COLUMNS = ("episode", "step", "task", "smoke", "sandbox", "status", "owner", "started_at", "finished_at",
            "action", "base", "script_sha256", "seed", "outcome", "reward", "val_loss", "hidden_val_loss",
            "train_time_s", "verified", "fingerprint", "artifacts_dir")  # fmt: skip
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(owner: str | None) -> bool:
-    host, _, pid = (owner or "").partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's: not ours to judge
-    return os.path.exists(f"/proc/{pid}")
 
 
 class RunStore:
@@ -110,7 +98,7 @@ class RunStore:
                 "INSERT OR REPLACE INTO steps (episode, step, task, smoke, sandbox, status, owner, "
                 "started_at, action, fingerprint, artifacts_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (episode, step, meta.get("task", ""), int(bool(meta.get("smoke"))), meta.get("sandbox"),
-                 "running", _owner(), time.time(), json.dumps(action, default=str)[:100_000],
+                 "running", owner_id(), time.time(), json.dumps(action, default=str)[:100_000],
                  meta.get("fingerprint"), artifacts_dir),
             )  # fmt: skip
 
@@ -147,7 +135,7 @@ class RunStore:
                 for r in con.execute(sql + " ORDER BY started_at, step", args)
             ]
         for r in rows:
-            if r["status"] == "running" and not _alive(r["owner"]):
+            if r["status"] == "running" and not owner_alive(r["owner"]):
                 r["status"] = "interrupted"
         return rows
 

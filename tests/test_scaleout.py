@@ -106,6 +106,21 @@ def test_cancel_stops_the_run_and_costs_nothing(make_env):
     assert _wait_for(lambda: not _tagged("nanoenv-cancel-probe"), 10)
 
 
+def test_close_stops_a_running_step_before_it_closes_the_sandbox(make_env):
+    """close() cancels what runs, waits for it, then closes the sandbox: no job outlives the
+    env, and the step still ends (infra_error, no cost) with its record on disk. Before, close()
+    cancelled only queued steps, and a running job went on under a closed sandbox."""
+    env = make_env(verify="none")
+    env.reset(seed=0)
+    handle = env.unwrapped.submit(sleeper("nanoenv-close-probe"))
+    assert _wait_for(lambda: _tagged("nanoenv-close-probe"), 60)
+    env.close()
+    assert handle.done() and not _tagged("nanoenv-close-probe")  # gone when close() returns
+    _obs, reward, *_, info = handle.result(timeout=0)
+    assert info["result"].outcome is Outcome.INFRA_ERROR and reward == 0.0
+    assert (Path(info["result"].artifacts_dir) / "result.json").exists()
+
+
 # --------------------------------------------------------------------------- GPUs
 
 

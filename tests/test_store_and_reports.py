@@ -85,6 +85,25 @@ def test_pareto_by_hand():
     assert [p["t"] for p in pareto(pts, "t", "l")] == [1, 2, 4]
 
 
+def test_a_step_whose_pid_was_reused_shows_as_interrupted(tmp_path):
+    """The owner is host:pid:start: a pid the kernel gave to another process since (here this
+    test's own pid with another start time) is not the owner, so its step is interrupted, not
+    running for ever. Before, the owner was host:pid and a live pid kept a dead step running."""
+    import socket
+
+    from nanoenv.liveness import owner_alive, owner_id
+
+    store = RunStore(tmp_path)
+    store.begin(episode="e", step=1, meta={"task": "t"}, action={}, artifacts_dir=None)
+    assert store.rows()[0]["status"] == "running" and store.rows()[0]["owner"] == owner_id()
+    reused = f"{socket.gethostname()}:{os.getpid()}:1"  # this pid, another process's start
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE steps SET owner = ?", (reused,))
+    assert store.rows()[0]["status"] == "interrupted"
+    assert not owner_alive(reused) and owner_alive(owner_id())
+    assert owner_alive("another-host:1:1")  # another machine's: not ours to judge
+
+
 def test_a_killed_step_shows_as_interrupted(tiny_data, tmp_path, capsys):
     """A harness killed mid-run leaves its row: interrupted, never missing."""
     runs = tmp_path / "runs"

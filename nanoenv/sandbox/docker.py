@@ -17,7 +17,6 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoenv.errors import SandboxError
+from nanoenv.liveness import owner_alive, owner_id
 from nanoenv.sandbox.base import (
     CANCELLED,
     LineCallback,
@@ -90,25 +90,6 @@ def connect() -> Any:
         raise SandboxError(_daemon_hint(e)) from None
 
 
-def _owner() -> str:
-    """This process, as `host:pid:start-time`, so a reused pid is not mistaken for us."""
-    with open(f"/proc/{os.getpid()}/stat") as f:
-        start = f.read().rsplit(")", 1)[1].split()[19]
-    return f"{socket.gethostname()}:{os.getpid()}:{start}"
-
-
-def _owner_alive(owner: str) -> bool:
-    host, _, rest = owner.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # not ours to judge
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19] == start
-    except OSError:
-        return False
-
-
 def sweep(client: Any, *, everything: bool = False) -> list[str]:
     """Remove nanoenv containers left by processes that are gone (or all of them).
 
@@ -118,7 +99,7 @@ def sweep(client: Any, *, everything: bool = False) -> list[str]:
 
     removed = []
     for c in client.containers.list(all=True, filters={"label": LABEL}):
-        if everything or not _owner_alive(c.labels.get(f"{LABEL}.owner", "")):
+        if everything or not owner_alive(c.labels.get(f"{LABEL}.owner", "")):
             try:
                 c.remove(force=True)
                 removed.append(c.name)
@@ -145,7 +126,7 @@ class DockerSandbox:
         self.gpu = gpu
         self._client = client
         self._swept = False
-        self.owner = _owner()
+        self.owner = owner_id()
         self._host_cpus: int | None = None
 
     @property

@@ -1,0 +1,35 @@
+"""Who owns a running thing (a step in the store, a container), and whether that owner lives.
+
+An owner is ``host:pid:start``, the start being the process's start time in clock ticks since
+boot (``/proc/<pid>/stat``, field 22): a pid the kernel has handed to a new process since is
+not mistaken for the owner. An owner from another machine is not ours to judge (alive).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def _start_ticks(pid: int | str) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        # the command name may hold spaces or ")": the fields after the last ")" are fixed
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def owner_id() -> str:
+    """This process, as ``host:pid:start``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process an owner names still runs (True for another machine's). An owner
+    written without a start time (``host:pid``, older records) is judged by its pid alone."""
+    host, _, rest = (owner or "").partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        return not start or _start_ticks(pid) == start
+    except OSError:
+        return False
