@@ -1,6 +1,6 @@
 """Pydantic models shared by every room of nanoenv.
 
-This module imports only pydantic and the standard library (DESIGN.md, "Layout"), so the
+This module imports only pydantic and the standard library (a boundary of the layout), so the
 sandbox backends, the CLI and users' own code can all speak these types cheaply.
 """
 
@@ -19,7 +19,8 @@ _MODEL_CONFIG = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
 class Outcome(str, Enum):
-    """How a step ended. The values are the public strings of DESIGN.md."""
+    """How a step ended. The values are public strings: observations, records and the store
+    carry them, and they never change meaning."""
 
     OK = "ok"
     MISSED_TARGET = "missed_target"
