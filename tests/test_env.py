@@ -14,6 +14,7 @@ from gymnasium.utils.env_checker import check_env
 import nanoenv
 from nanoenv import Action, Outcome, RunResult
 from nanoenv.patching import make_diff
+from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.tasks import baseline_script, load_task
 
 BASELINE = baseline_script(load_task("tiny"))
@@ -154,7 +155,8 @@ def test_a_real_step_end_to_end(make_env):
 
 def test_edits_accumulate_and_branch(make_env):
     """Diffs apply to the previous step's script; base=k branches from step k."""
-    env = make_env(verify="none")  # patching is under test here, not verification
+    # patching is under test here, not training: the fake sandbox replays a log
+    env = make_env(verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
     obs, *_ = env.step(FASTER_LR)
     assert "learning_rate: float = 4e-3" in obs["script"]
@@ -172,7 +174,7 @@ def test_edits_accumulate_and_branch(make_env):
 
 def test_truncates_after_max_steps(make_env):
     """The episode is truncated after max_steps steps; reset starts a fresh history."""
-    env = make_env(max_steps=2, verify="none")
+    env = make_env(max_steps=2, verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
     assert env.step("not a diff")[3] is False
     assert env.step("not a diff")[3] is True
@@ -214,26 +216,27 @@ def test_unicode_survives_vector_shared_memory(tiny_data, tmp_path):
 
 def test_loss_at_budget_reward(make_env):
     """With reward='loss_at_budget' the reward is the baseline loss minus the run's loss, for a
-    run that ended within the budget (the baseline's time + 5 %), told to the script; past it,
-    a penalty that grows with the overrun. (Which of the two a smoke run gets is timing noise:
-    the test holds the reward to the rule for the numbers the run had.)"""
-    env = make_env(reward="loss_at_budget", timeout_s=60, verify="none")
+    run that ended within the budget (the baseline's time + 5 %); past it, a penalty that grows
+    with the overrun. The fake sandbox's clock is exact, so both branches are checked."""
+    env = make_env(reward="loss_at_budget", verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
+    ctx = env.unwrapped.settings.reward_context
+    assert ctx.budget_s == pytest.approx(1.05 * env.unwrapped.settings.baseline_train_time_s)
     _, reward, _, _, info = env.step("")
     result = info["result"]
-    ctx = env.unwrapped.settings.reward_context
-    if result.train_time_s <= ctx.budget_s:
-        assert reward == pytest.approx(max(-1, min(1, ctx.baseline_val_loss - result.val_loss)))
-    else:
-        overrun = (result.train_time_s - ctx.budget_s) / ctx.budget_s
-        assert reward == pytest.approx(-min(1.0, 0.05 + 10 * overrun))
-    assert ctx.budget_s == pytest.approx(1.05 * env.unwrapped.settings.baseline_train_time_s)
+    assert result.train_time_s <= ctx.budget_s
+    assert reward == pytest.approx(max(-1, min(1, ctx.baseline_val_loss - result.val_loss)))
+    slow = {"script": BASELINE + "\n# fake: step_s=1.0\n"}  # 10 steps of a second each
+    _, reward, _, _, info = env.step(slow)
+    result = info["result"]
+    overrun = (result.train_time_s - ctx.budget_s) / ctx.budget_s
+    assert overrun > 0 and reward == pytest.approx(-min(1.0, 0.05 + 10 * overrun))
 
 
 def test_steps_objective_is_measured_on_the_reported_curve_and_reported(make_env):
     """Every run carries the steps objective: the training tokens at the first val point at or
     below the reported-loss target (nanoenv.steps), and the feedback says it is no reward."""
-    env = make_env(verify="none")
+    env = make_env(verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
     obs, _, _, _, info = env.step("")
     result = info["result"]

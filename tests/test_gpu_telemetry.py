@@ -14,6 +14,7 @@ import pytest
 
 from nanoenv import gpu_telemetry
 from nanoenv.gpu_telemetry import MIB, GpuSampler
+from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.types import Outcome
 
 
@@ -94,10 +95,11 @@ def test_a_gpu_job_s_result_and_feedback_carry_its_gpu_telemetry(
     make_env, monkeypatch, tmp_path, fake_nvml
 ):
     """A run holding a GPU, through env.step: the harness sampled its GPU the whole run, and
-    the telemetry is in the result and the feedback beside the CPU figures."""
+    the telemetry is in the result and the feedback beside the CPU figures. The run is the fake
+    sandbox's (0.3 s long): the runner's sampling is the subject, not training."""
     monkeypatch.setenv("NANOENV_GPU_IDS", "0")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # a private lock folder for the GPU pool
-    env = make_env(verify="none", gpus=1)
+    env = make_env(verify="none", gpus=1, sandbox=FakeSandbox(wall_s=0.3))
     env.reset(seed=0)
     obs, _, _, _, info = env.step({"diff": "", "base": 0})
     result = info["result"]
@@ -109,7 +111,7 @@ def test_a_gpu_job_s_result_and_feedback_carry_its_gpu_telemetry(
 
 
 def test_a_cpu_job_has_no_gpu_telemetry(make_env, fake_nvml):
-    env = make_env(verify="none")
+    env = make_env(verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
     obs, _, _, _, info = env.step({"diff": "", "base": 0})
     assert not any(k.startswith("gpu_") for k in info["result"].telemetry)

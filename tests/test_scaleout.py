@@ -19,6 +19,7 @@ import nanoenv  # noqa: F401
 from nanoenv import Action, Outcome
 from nanoenv.errors import SandboxError
 from nanoenv.gpus import GpuPool
+from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.slots import CpuPool
 from nanoenv.tasks import baseline_script, load_task
 from nanoenv.types import Job, Limits
@@ -82,8 +83,9 @@ def sleeper(tag: str, seconds: int = 120) -> Action:
 
 
 def test_submit_returns_at_once_and_results_arrive(make_env):
-    """submit() returns a handle before the run ends; result() gives step()'s five values."""
-    env = make_env(verify="none")
+    """submit() returns a handle before the run ends; result() gives step()'s five values.
+    (The run is the fake sandbox's, 3 s long: the handle is the subject, not training.)"""
+    env = make_env(verify="none", sandbox=FakeSandbox(wall_s=3))
     env.reset(seed=0)
     t = time.monotonic()
     handle = env.unwrapped.submit("")

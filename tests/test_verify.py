@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nanoenv import Outcome
+from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.significance import significance
 from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import LossPoint, TimingSpec, VerifySpec
@@ -141,7 +142,7 @@ def test_repeats_in_the_env(make_env):
 
 def test_verify_none_trusts_the_log(make_env):
     """verify='none' skips the re-evaluation and says the result is unverified."""
-    env = make_env(verify="none")
+    env = make_env(verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
     obs, _, _, _, info = env.step("")
     result = info["result"]
