@@ -1,7 +1,7 @@
 """Does progress on a CPU track predict progress in the speedrun? Run the fidelity suite.
 
     python benchmarks/fidelity.py [--env ID|DIR] [--seeds N] [--json FILE] [--only a,b] [--verify none]
-                                  [--jobs J]
+                                  [--jobs J] [--set KEY=VALUE ...] [--timeout-s S]
     python benchmarks/fidelity.py --markdown FILE   (the table of a saved --json, for the README)
 
 Runs the baseline and every idea of benchmarks/fidelity_suite/ideas.toml (each a patch on the
@@ -118,6 +118,10 @@ def main() -> None:
     ap.add_argument("--runs-dir", help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each on cores / jobs)")
     ap.add_argument("--markdown", metavar="FILE", help="print a saved --json as a markdown table")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a hyperparameter of every run (NANOENV_OVERRIDES), e.g. "
+                    "num_iterations=4800: the suite at another budget")  # fmt: skip
+    ap.add_argument("--timeout-s", type=float, help="each run's deadline (default: the task's)")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
@@ -137,7 +141,14 @@ def main() -> None:
         )
 
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="nanoenv-fidelity-")
-    overrides = {}
+    overrides: dict[str, Any] = {}
+    if args.set and args.smoke:
+        sys.exit("--set changes the full-size runs; a smoke size has its own hyperparameters")
+    if args.set:  # every run, baseline and ideas alike, at these hyperparameters
+        sets = dict(kv.split("=", 1) for kv in args.set)
+        overrides["env"] = {**task.env, "NANOENV_OVERRIDES": json.dumps(sets)}
+    if args.timeout_s:
+        overrides["timeout_s"] = args.timeout_s
     if args.jobs > 1 and task.limits.cpus:  # each run on its share of the cores, side by side
         overrides["limits"] = {
             **task.limits.model_dump(),
