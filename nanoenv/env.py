@@ -65,8 +65,10 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
     log(baseline time / time) when the outcome is ``ok`` (the target met, with repeats at
     p < 0.01), else a penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the
     baseline's loss minus the run's verified loss, for a run that ended within the baseline's
-    time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. Failures and rejections
-    cost -1; ``infra_error`` 0.
+    time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. ``frontier``: the
+    hypervolume a run adds to the episode's (time, loss) frontier (nanoenv.progress), beyond
+    noise. Failures and rejections cost -1; ``infra_error`` 0. ``info["progress"]``: the best
+    loss so far, both Pareto frontiers and their hypervolumes.
 
     ## Episode End
 
@@ -225,7 +227,13 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         truncated = pending.index >= self.max_steps
         script = pending.script if pending.script is not None else episode.script
         obs = self._observation(result, script=script, fb=report)
-        return obs, result.reward, terminated, truncated, {"result": result}
+        # info["progress"], not info["episode"]: gymnasium's RecordEpisodeStatistics writes
+        # "episode" at an episode's end and asserts that the env did not.
+        info = {
+            "result": result,
+            "progress": episode.progress.get(pending.index) or episode.summary(),
+        }
+        return obs, result.reward, terminated, truncated, info
 
     def render(self) -> str | None:
         """With ``render_mode="ansi"``, the last report as text."""

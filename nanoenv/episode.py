@@ -20,7 +20,16 @@ from typing import Any
 from nanoenv.actions import build_script, coerce_action, syntax_error
 from nanoenv.errors import PatchError, PolicyError
 from nanoenv.patching import make_diff
+from nanoenv.progress import (
+    PROGRESS_KEYS,
+    Reference,
+    added_hypervolume,
+    counts,
+    summary,
+    time_points,
+)
 from nanoenv.records import EpisodeRecord, StepRecord
+from nanoenv.rewards import EPISODE_REWARDS
 from nanoenv.runner import ProgressFn, Runner
 from nanoenv.sandbox.base import CANCELLED
 from nanoenv.store import RunStore
@@ -63,6 +72,8 @@ class Episode:
         self.results: list[RunResult | None] = []
         self.current = 0
         self._lock = threading.Lock()
+        # info["progress"] of each finished step: the episode's progress when it finished
+        self.progress: dict[int, dict[str, Any]] = {}
 
     @property
     def baseline(self) -> str:
@@ -185,19 +196,59 @@ class Episode:
                     p.record.finish(result)
                 except OSError:
                     log.exception("could not write %s", p.record.path)
-        with self._lock:
+        with self._lock:  # the frontier before and after this run, as one update
+            if self.runner.settings.reward in EPISODE_REWARDS and counts(result, self._trusted):
+                prior = [self._baseline_point(), *time_points(self._done(), self._trusted)]
+                new = (result.train_time_s, result.val_loss, result.step)
+                gain = added_hypervolume(prior, new, self._reference())  # type: ignore[arg-type]
+                result = result.model_copy(update={"reward": gain})
             self.results[p.index - 1] = result
-        self._index("finish", episode=self.record.episode_id, result=result)
+            episode = self._progress()
+            self.progress[p.index] = episode
+        if p.record is not None and self.runner.settings.reward in EPISODE_REWARDS:
+            try:
+                p.record.finish(result)  # result.json with the reward the agent got
+            except OSError:
+                log.exception("could not write %s", p.record.path)
+        self._index("finish", episode=self.record.episode_id, result=result, progress=episode)
         try:
             self.record.append_trajectory({
                 "step": p.index, "action": p.action, "outcome": result.outcome.value,
                 "reward": result.reward, "val_loss": result.val_loss,
                 "train_time_s": result.train_time_s, "seed": result.seed,
                 "script_sha256": result.script_sha256,
+                "progress": {k: episode[k] for k in PROGRESS_KEYS},
             })  # fmt: skip
         except OSError:
             log.exception("could not append to the trajectory of %s", self.record.path)
         return result
+
+    @property
+    def _trusted(self) -> bool:
+        return self.runner.settings.verify == "none"
+
+    def summary(self) -> dict[str, Any]:
+        """The episode's progress now (best loss, frontiers, hypervolumes)."""
+        with self._lock:
+            return self._progress()
+
+    def _done(self) -> list[RunResult]:
+        return [r for r in self.results if r is not None]
+
+    def _reference(self) -> Reference:
+        s = self.runner.settings
+        return Reference.from_baseline(s.baseline_train_time_s, s.baseline_tokens,
+                                       s.baseline_val_loss)  # fmt: skip
+
+    def _baseline_point(self) -> tuple[float, float, int]:
+        s = self.runner.settings
+        return (s.baseline_train_time_s, s.baseline_val_loss, 0)
+
+    def _progress(self) -> dict[str, Any]:
+        """The episode's best loss, frontiers and hypervolumes over its finished steps."""
+        s = self.runner.settings
+        baseline = (s.baseline_train_time_s, s.baseline_tokens, s.baseline_val_loss)
+        return summary(self._done(), self._reference(), baseline, self._trusted)
 
     def _index(self, what: str, **kwargs: Any) -> None:
         """Write to the run store; a store that fails costs the index a row, never the step."""

@@ -12,6 +12,11 @@ the exit of its last process). Nothing the script printed, its curve included, m
   better), clipped to [-1, 1], for a run whose harness time is within the budget (the
   baseline's time + 5%, given to the script as ``NANOENV_TIME_BUDGET_S``). A run that
   overruns is penalised, -0.05 to -1 as the overrun grows: the model it saved took longer.
+- ``frontier``: the hypervolume a run adds to the episode's (harness time, loss) frontier, in
+  nats (nanoenv.progress: 0 for a dominated run, never negative for one that counts; a run
+  counts when verified, or under ``verify="none"`` when it trained). The frontier starts at
+  the baseline, and a new run is scored as if 0.005 nats worse and 5 % slower than it was, so a
+  re-run or a cosmetic edit of a script on the frontier earns nothing from a lucky seed.
 - failures (``patch_failed``, ``rejected``, ``crashed``, ``timed_out``): -1.
 """
 
@@ -90,13 +95,29 @@ def loss_at_budget(
     return max(-1.0, min(1.0, ctx.baseline_val_loss - val_loss))
 
 
+def frontier_failures(
+    outcome: Outcome, val_loss: float | None, train_time_s: float | None, curve: list[LossPoint],
+    ctx: RewardContext,
+) -> float:  # fmt: skip
+    """``frontier``'s part that needs no history: failures cost -1, infra errors nothing. The
+    episode fills in a run that trained: the hypervolume it added (nanoenv.progress)."""
+    if outcome is Outcome.INFRA_ERROR:
+        return 0.0
+    if outcome not in (Outcome.OK, Outcome.MISSED_TARGET) or not _finite(val_loss):
+        return FAILURE_PENALTY
+    return 0.0
+
+
 RewardFn = Callable[
     [Outcome, "float | None", "float | None", list[LossPoint], RewardContext], float
 ]
 REWARDS: dict[str, RewardFn] = {
     "time_to_target": time_to_target,
     "loss_at_budget": loss_at_budget,
+    "frontier": frontier_failures,
 }
+# Rewards the episode completes from its history (the runner gives only their failure part).
+EPISODE_REWARDS = frozenset({"frontier"})
 
 
 def get_reward(name: str) -> RewardFn:

@@ -42,12 +42,17 @@ CREATE TABLE IF NOT EXISTS steps (
     verified INTEGER,
     fingerprint TEXT,
     artifacts_dir TEXT,
+    best_val_loss REAL,            -- the episode's, when this step finished (nanoenv.progress)
+    hypervolume REAL,              -- of the episode's (time, loss) frontier then
     PRIMARY KEY (episode, step)
 );
 """
+# Columns added since the first schema: a store made before gets them on first open.
+_ADDED = {"best_val_loss": "REAL", "hypervolume": "REAL"}
 COLUMNS = ("episode", "step", "task", "smoke", "sandbox", "status", "owner", "started_at", "finished_at",
            "action", "base", "script_sha256", "seed", "outcome", "reward", "val_loss", "hidden_val_loss",
-           "train_time_s", "verified", "fingerprint", "artifacts_dir")  # fmt: skip
+           "train_time_s", "verified", "fingerprint", "artifacts_dir", "best_val_loss",
+           "hypervolume")  # fmt: skip
 
 
 class RunStore:
@@ -74,6 +79,10 @@ class RunStore:
             try:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)
+                have = {row[1] for row in con.execute("PRAGMA table_info(steps)")}
+                for name, kind in _ADDED.items():
+                    if name not in have:
+                        con.execute(f"ALTER TABLE steps ADD COLUMN {name} {kind}")
                 break
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
@@ -102,16 +111,21 @@ class RunStore:
                  meta.get("fingerprint"), artifacts_dir),
             )  # fmt: skip
 
-    def finish(self, *, episode: str, result: RunResult) -> None:
-        """Complete a step's row with its result."""
+    def finish(
+        self, *, episode: str, result: RunResult, progress: dict[str, Any] | None = None
+    ) -> None:
+        """Complete a step's row with its result (and the episode's progress then)."""
+        progress = progress or {}
         with self._connect() as con:
             con.execute(
                 "UPDATE steps SET status='finished', finished_at=?, base=?, script_sha256=?, seed=?, "
                 "outcome=?, reward=?, val_loss=?, hidden_val_loss=?, train_time_s=?, verified=?, "
-                "artifacts_dir=COALESCE(?, artifacts_dir) WHERE episode=? AND step=?",
+                "artifacts_dir=COALESCE(?, artifacts_dir), best_val_loss=?, hypervolume=? "
+                "WHERE episode=? AND step=?",
                 (time.time(), result.base, result.script_sha256, result.seed, result.outcome.value,
                  result.reward, _real(result.val_loss), _real(result.hidden_val_loss),
                  _real(result.train_time_s), int(result.verdict.verified), result.artifacts_dir,
+                 _real(progress.get("best_val_loss")), _real(progress.get("hypervolume")),
                  episode, result.step),
             )  # fmt: skip
 
