@@ -17,7 +17,8 @@ import torch
 
 from nanoenv.tasks import load_task
 
-PEAK_BF16 = {"H100": 989e12}  # dense bf16 FLOP/s of one H100 SXM
+# Dense bf16 peak FLOP/s by card name (the vendors' sheets, without sparsity).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
 def baseline_flops(task, overrides: dict | None = None) -> dict:

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/flops.py beside it
 
-from flops import baseline_flops
+from flops import PEAK_BF16, baseline_flops
 
 from nanoenv.data import dataset_root, load_manifest, prepare, read_shard
 from nanoenv.data.manifest import write_splits
@@ -48,8 +48,6 @@ from nanoenv.types import SmokeSpec
 
 DATASET = "gpu-check-gpt2"
 SOURCE_DATASET = "shakespeare-gpt2"
-# Dense bf16 peak FLOP/s by card name (the vendors' sheets, without sparsity).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "GH200": 989e12}
 CPU_SIZE = {"n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 64, "compile": 0}
 
 

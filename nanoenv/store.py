@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoenv.liveness import owner_alive, owner_id
+from nanoenv.progress import frontier
 from nanoenv.types import RunResult
 
 DB_NAME = "runs.sqlite"
@@ -173,13 +174,8 @@ def pareto(
     points: list[dict[str, Any]], time_key: str = "train_time_s", loss_key: str = "val_loss"
 ) -> list[dict[str, Any]]:
     """The points no other point beats on both time and loss, fastest first."""
-    best = float("inf")
-    front = []
-    for p in sorted(points, key=lambda r: (r[time_key], r[loss_key])):
-        if p[loss_key] < best:
-            front.append(p)
-            best = p[loss_key]
-    return front
+    front = frontier([(p[time_key], p[loss_key], i) for i, p in enumerate(points)])
+    return [points[i] for _, _, i in front]
 
 
 def _real(x: float | None) -> float | None:
