@@ -80,8 +80,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     ``task`` (an id, a task folder's path, or a TaskSpec), ``sandbox`` (``"local"``,
     ``"docker"``, ``"ray"`` or a Sandbox), ``verify`` (``"full"``: re-evaluate the model and
-    run every check; ``"none"``: trust the log), ``repeats`` (runs per step; with 2 or more, "meets the target" needs p < 0.01),
-    ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
+    run every check; ``"none"``: trust the log), ``repeats`` (runs per step; with 2 or more,
+    "meets the target" needs p < 0.01), ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
     tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``baseline`` (your own script
     as the baseline, e.g. a modded-nanogpt record; without ``build_model`` it runs at
     verification level ``log``), ``progress`` (a callback ``(step, LossPoint)`` called as each log

@@ -21,10 +21,10 @@ from nanoenv.actions import build_script, coerce_action, syntax_error
 from nanoenv.errors import PatchError, PolicyError
 from nanoenv.patching import make_diff
 from nanoenv.progress import (
-    PROGRESS_KEYS,
     Reference,
     added_hypervolume,
     counts,
+    record_fields,
     summary,
     time_points,
 )
@@ -197,7 +197,8 @@ class Episode:
                 except OSError:
                     log.exception("could not write %s", p.record.path)
         with self._lock:  # the frontier before and after this run, as one update
-            if self.runner.settings.reward in EPISODE_REWARDS and counts(result, self._trusted):
+            pays = self.runner.settings.reward in EPISODE_REWARDS and result.train_time_s
+            if pays and counts(result, self._trusted):
                 prior = [self._baseline_point(), *time_points(self._done(), self._trusted)]
                 new = (result.train_time_s, result.val_loss, result.step)
                 gain = added_hypervolume(prior, new, self._reference())  # type: ignore[arg-type]
@@ -210,14 +211,15 @@ class Episode:
                 p.record.finish(result)  # result.json with the reward the agent got
             except OSError:
                 log.exception("could not write %s", p.record.path)
-        self._index("finish", episode=self.record.episode_id, result=result, progress=episode)
+        self._index("finish", episode=self.record.episode_id, result=result,
+                    progress=record_fields(episode))  # fmt: skip
         try:
             self.record.append_trajectory({
                 "step": p.index, "action": p.action, "outcome": result.outcome.value,
                 "reward": result.reward, "val_loss": result.val_loss,
                 "train_time_s": result.train_time_s, "seed": result.seed,
                 "script_sha256": result.script_sha256,
-                "progress": {k: episode[k] for k in PROGRESS_KEYS},
+                "progress": record_fields(episode),
             })  # fmt: skip
         except OSError:
             log.exception("could not append to the trajectory of %s", self.record.path)

@@ -128,13 +128,26 @@ def summary(
         tokened.insert(0, (float(b_tokens), b_loss, 0))
     best = min(on_record, key=lambda r: r.val_loss, default=None)  # type: ignore[arg-type, return-value]
     time_front, tokens_front = frontier(timed), frontier(tokened)  # type: ignore[arg-type]
+    # Numbers stay numbers (NaN, -1 when there is none yet): gymnasium's vector envs stack each
+    # info field across envs in an array typed by the first env's value, and None breaks it.
+    nan = math.nan
     return {
         "runs_counted": "verified" if not trusted_log else "logs trusted (verify='none')",
-        "best_val_loss": best.val_loss if best else None,
-        "best_step": best.step if best else None,
+        "best_val_loss": best.val_loss if best else nan,
+        "best_step": best.step if best else -1,
         "time_frontier": [{"step": s, "train_time_s": c, "val_loss": v} for c, v, s in time_front],
         "tokens_frontier": [{"step": s, "tokens": int(c), "val_loss": v} for c, v, s in tokens_front],
         "hypervolume": hypervolume(time_front, ref.time_s, ref.val_loss),
-        "hypervolume_tokens": hypervolume(tokens_front, ref.tokens, ref.val_loss) if ref.tokens else None,
-        "reference": {"train_time_s": ref.time_s, "tokens": ref.tokens, "val_loss": ref.val_loss},
+        "hypervolume_tokens": hypervolume(tokens_front, ref.tokens, ref.val_loss) if ref.tokens else nan,
+        "reference": {"train_time_s": ref.time_s, "tokens": ref.tokens or nan, "val_loss": ref.val_loss},
     }  # fmt: skip
+
+
+def record_fields(progress: dict[str, Any]) -> dict[str, Any]:
+    """What trajectory.jsonl and runs.sqlite keep of a step's progress: PROGRESS_KEYS, with
+    None where there is nothing yet (NaN and -1 are for the info dict's arrays)."""
+    out: dict[str, Any] = {}
+    for key in PROGRESS_KEYS:
+        v = progress[key]
+        out[key] = None if (isinstance(v, float) and math.isnan(v)) or v == -1 else v
+    return out

@@ -197,6 +197,8 @@ def test_async_vector_env_runs_two_at_once(tiny_data, tmp_path):
         assert np.isfinite(rewards).all() and rewards[1] == -1.0
         assert infos["result"][0].outcome is Outcome.OK
         assert math.isfinite(obs["val_loss"][0]) and math.isinf(obs["val_loss"][1])
+        # the progress stacks across envs though only one has a run on record (None did not)
+        assert infos["progress"]["best_step"].tolist() == [1, -1]
     finally:
         envs.close()
 
