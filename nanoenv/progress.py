@@ -16,6 +16,8 @@ log was trusted, and the summary says so) give:
 
 The loss is the one the reward reads (verified, on hidden val where the task scores there) and
 the time is the harness's clock, never the script's: nothing the script prints moves these.
+The token counts are the script's own log (as for the steps objective), so the tokens frontier
+is a measurement to read, and no reward reads it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from nanoenv.steps import val_by_tokens
 from nanoenv.types import Outcome, RunResult
 
 # What trajectory.jsonl and runs.sqlite keep of it each step (the frontiers are in info).
@@ -54,12 +57,8 @@ class Reference:
 
 
 def run_tokens(result: RunResult) -> int | None:
-    """The training tokens a run's log reports at its last point, if it reports them."""
-    for p in reversed(result.curve):
-        tokens = p.extra.get("tokens", "")
-        if tokens.isdigit():
-            return int(tokens)
-    return None
+    """The training tokens at a run's last val point, as its log reports them."""
+    return max(val_by_tokens(result.curve), default=None)
 
 
 def counts(result: RunResult, trusted_log: bool) -> bool:

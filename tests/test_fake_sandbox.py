@@ -65,7 +65,7 @@ def test_a_replayed_run_is_judged_and_rewarded_like_a_real_one(fake_env):
     assert (step_dir / "out" / "model.safetensors").exists()
 
 
-def test_seeds_move_the_loss_and_scripts_differ(fake_env):
+def test_two_seeds_give_two_losses_and_a_t_test(fake_env):
     env = fake_env(repeats=2)
     *_, info = env.step("")
     result = info["result"]
