@@ -2,6 +2,7 @@
 
     python benchmarks/fidelity.py [--env ID|DIR] [--seeds N] [--json FILE] [--only a,b] [--verify none]
                                   [--jobs J] [--set KEY=VALUE ...] [--timeout-s S]
+                                  [--cumulative]
     python benchmarks/fidelity.py --markdown FILE   (the table of a saved --json, for the README)
 
 Runs the baseline and every idea of benchmarks/fidelity_suite/ideas.toml (each a patch on the
@@ -17,6 +18,12 @@ two other objectives, each as a gain log(baseline / idea) paired by seed: time t
 steps objective: training tokens at that point); and for the suite: the agreement rate, the
 Spearman rank correlation of the track's gains with the records' gains, and the noise floor.
 nanoenv/fidelity.py says how each is computed. --json writes all of it, with every run.
+
+--cumulative replays the record history instead: the n-th idea on the stack of the n - 1 before
+it (fidelity_suite/<task folder>/cumulative/, from write_patches.py --cumulative), its effect
+the stack's loss minus the previous stack's, paired by seed. A record measured that margin (an
+idea on top of every record before it); alone on the baseline an idea found late, on a stack
+that already had its neighbours, can gain many times its record's share.
 
 --jobs 2 runs two at a time on one core each: about 1.3x the throughput on 2 cores, the same
 losses and tokens (a run's numbers do not depend on its thread count), but every time then
@@ -102,6 +109,29 @@ def objective_summary(ideas: list[Idea], gains: dict[str, dict]) -> dict[str, An
     return {"agreement": sum(agree) / len(agree) if agree else None, "judged": len(agree)}
 
 
+def suite_patches(
+    folder: Path, ideas: list[Idea], cumulative: bool
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Each idea's patch, and the run its effect is measured against.
+
+    Alone, every idea is a patch on the baseline, measured against the baseline. In the
+    cumulative replay (write_patches.py --cumulative) the n-th idea's patch is the stack of
+    ideas 1..n, measured against the stack of 1..n-1: the idea's margin on top of its
+    predecessors, as a record measured it; a control is measured on top of the whole stack.
+    """
+    if not cumulative:
+        return {i.name: folder / f"{i.name}.diff" for i in ideas}, {
+            i.name: "baseline" for i in ideas
+        }
+    chain = [i.name for i in ideas if not i.control]
+    controls = [i.name for i in ideas if i.control]
+    patches = {n: folder / "cumulative" / f"{k:02d}-{n}.diff" for k, n in enumerate(chain, 1)}
+    patches |= {n: folder / "cumulative" / f"control-{n}.diff" for n in controls}
+    reference = {n: (chain[k - 1] if k else "baseline") for k, n in enumerate(chain)}
+    reference |= {n: chain[-1] if chain else "baseline" for n in controls}
+    return patches, reference
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -122,7 +152,12 @@ def main() -> None:
                     help="a hyperparameter of every run (NANOENV_OVERRIDES), e.g. "
                     "num_iterations=4800: the suite at another budget")  # fmt: skip
     ap.add_argument("--timeout-s", type=float, help="each run's deadline (default: the task's)")
+    ap.add_argument("--cumulative", action="store_true",
+                    help="the cumulative replay: each idea on the stack of every idea before it, "
+                    "its effect measured against that stack (a record's own comparison)")  # fmt: skip
     args = ap.parse_args()
+    if args.cumulative and args.only:
+        sys.exit("--cumulative replays the whole suite: every stack needs the ideas before it")
     if args.markdown:
         print(markdown(json.loads(Path(args.markdown).read_text())))
         return
@@ -134,7 +169,7 @@ def main() -> None:
         if unknown := wanted - {i.name for i in ideas}:
             sys.exit(f"unknown ideas: {', '.join(sorted(unknown))}")
         ideas = [i for i in ideas if i.name in wanted]
-    patches = {i.name: (SUITE / task.task_dir.name / f"{i.name}.diff") for i in ideas}
+    patches, reference = suite_patches(SUITE / task.task_dir.name, ideas, args.cumulative)
     if missing := [n for n, p in patches.items() if not p.is_file()]:
         sys.exit(
             f"{task.id} has no patch for: {', '.join(missing)} (run fidelity_suite/write_patches.py)"
@@ -192,17 +227,18 @@ def main() -> None:
         e.close()
     elapsed = time.monotonic() - started
 
-    base_loss = {s: r["val_loss"] for s, r in runs["baseline"].items()}
+    def losses(name: str) -> dict[int, float | None]:
+        return {s: r["val_loss"] for s, r in runs[name].items()}
+
     effects: dict[str, Paired] = {
-        i.name: paired(base_loss, {s: r["val_loss"] for s, r in runs[i.name].items()})
-        for i in ideas
+        i.name: paired(losses(reference[i.name]), losses(i.name)) for i in ideas
     }
     summary = summarize(ideas, effects)
     time_gains = {
-        i.name: ratio_gain(runs["baseline"], runs[i.name], "time_to_target_s") for i in ideas
+        i.name: ratio_gain(runs[reference[i.name]], runs[i.name], "time_to_target_s") for i in ideas
     }
     step_gains = {
-        i.name: ratio_gain(runs["baseline"], runs[i.name], "tokens_to_target") for i in ideas
+        i.name: ratio_gain(runs[reference[i.name]], runs[i.name], "tokens_to_target") for i in ideas
     }
     for row in summary["ideas"]:
         row["time_gain"] = time_gains[row["name"]]
@@ -211,6 +247,7 @@ def main() -> None:
     reached = sum(r["tokens_to_target"] is not None for r in runs["baseline"].values())
     summary.update({
         "env": task.id, "verify": args.verify, "target_val_loss": target,
+        "comparison": "cumulative" if args.cumulative else "alone", "reference": reference,
         "time_objective": objective_summary(ideas, time_gains),
         "steps_objective": objective_summary(ideas, step_gains),
         "baseline_run_s": statistics.fmean(base_times) if base_times else None,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoenv.errors import NanoEnvError
+from nanoenv.sandbox import BACKENDS, backend_class, capabilities
 from nanoenv.types import LossPoint, RunResult
 
 DEFAULT_ENV = "nanoenv/Speedrun-Tiny-v0"
@@ -207,8 +208,28 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_backends() -> int:
+    """Print every registered backend with its declared capabilities (importing none that
+    cannot be imported here: a missing extra is said, not raised)."""
+    for name in BACKENDS:
+        try:
+            caps = capabilities(backend_class(name))
+        except ImportError as e:
+            print(f"{name:<8} not installed here ({e.name}: pip install 'nanoenv[{name}]')")
+            continue
+        traits = [f"{caps.default_in_flight} run(s) in flight by default"]
+        if caps.schedules_resources:
+            traits.append("places jobs on CPUs and GPUs itself")
+        if caps.gpu_request:
+            traits.append("GPUs asked for when it is made")
+        print(f"{name:<8} {caps.summary}; {', '.join(traits)}")
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    """Build the Docker images, clean up leftovers, or report the sandbox's state."""
+    """List the backends; build the Docker images, clean up leftovers, or report their state."""
+    if args.sandbox_cmd == "list":
+        return list_backends()
     from nanoenv.data import cache_dir
     from nanoenv.sandbox.docker import LABEL, connect, sweep
     from nanoenv.sandbox.images import IMAGE_REPO, build_image, image_exists, plan_image
@@ -296,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--smoke", action="store_true", help="the few-seconds size, for trying things out"
         )
-        sp.add_argument("--sandbox", default="local", choices=["local", "docker", "ray"])
+        sp.add_argument("--sandbox", default="local", choices=list(BACKENDS))
         sp.add_argument("--runs-dir", default="nanoenv-runs", help="where step artifacts go")
         sp.add_argument("--seed", type=int, default=0)
 
@@ -349,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
-    sandbox = sub.add_parser("sandbox", help="the Docker sandbox: build images, clean up")
+    sandbox = sub.add_parser(
+        "sandbox", help="the backends (list); the Docker sandbox: build images, clean up"
+    )
     ssub = sandbox.add_subparsers(dest="sandbox_cmd", required=True)
     build = ssub.add_parser("build", help="build the sandbox image (only if its inputs changed)")
     build.add_argument("--gpu", action="store_true", help="the GPU image (a CUDA build of torch)")
@@ -365,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument("--all", action="store_true", help="also containers of live processes")
     clean.add_argument("--images", action="store_true", help="also images of older build inputs")
     ssub.add_parser("status", help="is the engine reachable, are the images built")
+    ssub.add_parser("list", help="the registered backends (--sandbox NAME) and what each can do")
     sandbox.set_defaults(func=cmd_sandbox)
 
     base = sub.add_parser(
@@ -372,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     base.add_argument("--env", default=DEFAULT_ENV)
     base.add_argument("--smoke", action="store_true")
-    base.add_argument("--sandbox", default="local", choices=["local", "docker", "ray"])
+    base.add_argument("--sandbox", default="local", choices=list(BACKENDS))
     base.add_argument("--runs", type=int, default=3)
     base.set_defaults(func=cmd_baseline)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -15,17 +14,14 @@ import gymnasium as gym
 import numpy as np
 
 from nanoenv import feedback
-from nanoenv.actions import defines_build_model
 from nanoenv.data import ensure_dataset
 from nanoenv.episode import Episode, Pending, StepHandle
-from nanoenv.protected import protected_regions
 from nanoenv.records import EpisodeRecord
 from nanoenv.runner import ProgressFn, Runner
-from nanoenv.sandbox import Sandbox, make_sandbox
-from nanoenv.settings import RunSettings
+from nanoenv.sandbox import Sandbox, capabilities, make_sandbox
+from nanoenv.settings import resolve
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
 from nanoenv.store import RunStore
-from nanoenv.tasks import baseline_script, load_task, own_baseline, smoke_task
 from nanoenv.types import Action, Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -80,7 +76,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     ``task`` (an id, a task folder's path, or a TaskSpec), ``sandbox`` (``"local"``,
     ``"docker"``, ``"ray"`` or a Sandbox), ``verify`` (``"full"``: re-evaluate the model and
-    run every check; ``"none"``: trust the log), ``repeats`` (runs per step; with 2 or more,
+    run every check; ``"log"``: check the clock and the data, not the model; ``"none"``: trust
+    the log; nanoenv.settings.resolve decides the rest from these), ``repeats`` (runs per step; with 2 or more,
     "meets the target" needs p < 0.01), ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
     tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``baseline`` (your own script
     as the baseline, e.g. a modded-nanogpt record; without ``build_model`` it runs at
@@ -119,49 +116,34 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
     ) -> None:
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.task = load_task(task, **overrides)
-        if smoke:
-            self.task = smoke_task(self.task)
-        if baseline is None:
-            self.baseline = baseline_script(self.task)
-        else:  # a script, or a record's folder: the script and the modules it imports
-            self.baseline, modules = own_baseline(Path(baseline), self.task)
-            self.task = self.task.model_copy(update={"modules": modules})
-        if baseline is not None:  # a user's own script: only the protected regions it marks
-            marked = protected_regions(self.baseline)
-            self.task = self.task.model_copy(
-                update={"protected": [r for r in self.task.protected if r.name in marked]}
-            )
-        self.smoke = smoke
-        self.max_steps = max_steps or self.task.max_steps
-        log_only = not defines_build_model(self.baseline)
-        self.settings = RunSettings.for_task(
-            self.task, smoke=smoke, reward=reward, verify=verify, repeats=repeats,
-            log_only=log_only,
-        )  # fmt: skip
-        if timeout_s is not None:
-            self.settings = dataclasses.replace(self.settings, timeout_s=float(timeout_s))
         sandbox_name = sandbox if isinstance(sandbox, str) else sandbox.name
-        self.baseline_measured_on = self._pair_baseline(paired_baseline, sandbox_name, task)
+        resolved = resolve(
+            task, sandbox=sandbox_name, verify=verify, repeats=repeats, reward=reward,
+            smoke=smoke, max_steps=max_steps, timeout_s=timeout_s, baseline=baseline,
+            paired_baseline=paired_baseline, overrides=overrides,
+        )  # fmt: skip
+        self.task, self.baseline, self.settings = (
+            resolved.task,
+            resolved.baseline,
+            resolved.settings,
+        )
+        self.max_steps, self.baseline_measured_on = resolved.max_steps, resolved.measured_on
+        self.smoke = smoke
         if isinstance(sandbox, str):
-            gpu = {"gpu": True} if sandbox == "docker" and self.task.gpus else {}
-            self.sandbox = make_sandbox(sandbox, **gpu)
+            self.sandbox = make_sandbox(sandbox, gpus=bool(self.task.gpus))
         else:
             self.sandbox = sandbox
         data_root, manifest = ensure_dataset(self.task.data)
-        self.runner = Runner(
-            self.task, self.sandbox, data_root, manifest, self.settings,
-            log_only=log_only,
-        )  # fmt: skip
+        self.runner = Runner(self.task, self.sandbox, data_root, manifest, self.settings)
         self.runs_dir = Path(runs_dir) if runs_dir is not None else Path("nanoenv-runs")
         self.progress = progress
         self.terminate_on_success = terminate_on_success
         self.render_mode = render_mode
         self.observation_space = observation_space(self.task.max_script_bytes)
         self.action_space = action_space(self.task.max_patch_bytes)
-        # Runs in flight at once: one per sandbox slot. A local or docker sandbox shares this
-        # machine's cores, so one by default; Ray schedules by resources, so more.
-        in_flight = max_in_flight or (4 if self.sandbox.name == "ray" else 1)
+        # Runs in flight at once: as many as the backend says it can hold by default (a local
+        # or docker sandbox shares this machine's cores, so one; Ray schedules by resources).
+        in_flight = max_in_flight or capabilities(self.sandbox).default_in_flight
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="nanoenv-step")
         self._in_flight: dict[Future, threading.Event] = {}  # running or queued: their cancels
         self._new_episode()
@@ -175,7 +157,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         super().reset(seed=seed)
         self._new_episode(seed)
         self._feedback = feedback.brief(
-            self.task, self.settings, smoke=self.smoke, sandbox=self.sandbox.name,
+            self.task, self.settings, sandbox=self.sandbox.name,
             max_steps=self.max_steps, measured_on=self.baseline_measured_on,
             containment=self.containment,
         )  # fmt: skip
@@ -222,7 +204,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             self.terminate_on_success
             and result.outcome is Outcome.OK
             and result.reward > 0
-            and (result.verdict.verified or self.settings.verify == "none")
+            and (result.verdict.verified or self.settings.trusts_log)
         )
         truncated = pending.index >= self.max_steps
         script = pending.script if pending.script is not None else episode.script
@@ -282,31 +264,12 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         """This episode's artifact folder (made at its first step)."""
         return self.episode.record.path
 
-    def _pair_baseline(self, paired: bool | None, sandbox: str, env_id: str) -> str:
-        """Use this machine's own baseline numbers when they exist (or, if asked, measure them)."""
-        from nanoenv import baselines
-
-        if paired is False:
-            return f"{self.task.baseline.hardware or 'the reference machine'} (task.toml)"
-        found = baselines.load_paired(self.task, self.smoke, sandbox)
-        if found is None and paired:
-            found = baselines.measure(f"nanoenv/{self.task.id}", smoke=self.smoke, sandbox=sandbox)
-        if found is None:
-            return (
-                f"{self.task.baseline.hardware or 'the reference machine'} (task.toml; not paired)"
-            )
-        self.settings = dataclasses.replace(
-            self.settings,
-            baseline_train_time_s=found.train_time_s,
-            baseline_val_loss=found.val_loss,
-        )
-        fp = ", ".join(f"{k}={v}" for k, v in found.fingerprint.items())
-        return f"this machine (paired, fingerprint {found.fingerprint_id}: {fp}; {found.runs} runs, {found.measured_at})"
-
     def _new_episode(self, seed: int | None = None) -> None:
         meta = {"task": self.task.id, "smoke": self.smoke, "seed": seed, "sandbox": self.sandbox.name,
-                "reward": self.settings.reward, "verify": self.settings.verify,
-                "repeats": self.settings.repeats, "fingerprint": self.baseline_measured_on}  # fmt: skip
+                "reward": self.settings.reward, "verify": self.settings.level.value,
+                "repeats": self.settings.repeats, "fingerprint": self.baseline_measured_on,
+                "target_val_loss": self.settings.target_val_loss,
+                "curve_target": self.settings.curve_target}  # fmt: skip
         record = EpisodeRecord(self.runs_dir, self.task.name, meta)
         store = RunStore(self.runs_dir)
         self.episode = Episode(self.task, self.baseline, self.runner, record, store)

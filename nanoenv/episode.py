@@ -227,7 +227,7 @@ class Episode:
 
     @property
     def _trusted(self) -> bool:
-        return self.runner.settings.verify == "none"
+        return self.runner.settings.trusts_log
 
     def summary(self) -> dict[str, Any]:
         """The episode's progress now (best loss, frontiers, hypervolumes)."""

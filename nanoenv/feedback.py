@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from nanoenv.settings import RunSettings
-from nanoenv.types import Outcome, RunResult, TaskSpec
+from nanoenv.types import Outcome, RunResult, TaskSpec, VerifyLevel
 
 _CURVE_ROWS = 16
 
@@ -22,16 +22,15 @@ def brief(
     task: TaskSpec,
     settings: RunSettings,
     *,
-    smoke: bool,
     sandbox: str,
     max_steps: int,
     measured_on: str = "",
     containment: str = "",
 ) -> str:
     """The task's brief: goal, target, rules, budget, and the baseline's numbers."""
-    size = " (smoke size: a few-seconds version for tests)" if smoke else ""
+    size = " (smoke size: a few-seconds version for tests)" if settings.smoke else ""
     protected = "\n".join(f"  - [{r.name}]: {r.why}" for r in task.protected) or "  (none)"
-    if settings.verify == "full":
+    if settings.level is VerifyLevel.FULL:
         verify = (
             "The loss is re-measured by the harness: it loads your saved model through your "
             "build_model and scores it on the public val tokens and on hidden ones, and checks "
@@ -43,6 +42,12 @@ def brief(
                 " The loss the target and the reward use is the model's loss on the hidden val "
                 "windows (never mounted while you train), not the one your log prints."
             )
+    elif settings.level is VerifyLevel.LOG:
+        verify = (
+            "Verification level `log`: the harness times the run and checks the data and the "
+            "protected regions, but does not reload your model (the baseline defines no "
+            "build_model(config), or verify='log' was asked for): losses are taken from your log."
+        )
     else:
         verify = "verify='none': losses are taken from your log, unverified."
     if settings.repeats > 1:
@@ -114,7 +119,7 @@ def _verdict_lines(result: RunResult) -> list[str]:
             f"val tokens (you reported {_num(result.reported_val_loss)}){hidden}; causality and "
             "determinism hold."
         ]
-    elif verdict.level == "full" and verdict.failed:
+    elif verdict.level is VerifyLevel.FULL and verdict.failed:
         lines = ["NOT VERIFIED: a check of the harness failed."]
     else:
         lines = [f"UNVERIFIED: {verdict.reason}"]

@@ -37,8 +37,8 @@ from nanoenv.judging import (
     rejection_message,
 )
 from nanoenv.rewards import get_reward
-from nanoenv.sandbox.base import Sandbox
-from nanoenv.settings import RunSettings
+from nanoenv.sandbox.base import Sandbox, capabilities
+from nanoenv.settings import RunSettings, VerifyLevel
 from nanoenv.slots import CpuPool
 from nanoenv.steps import tokens_to_target
 from nanoenv.telemetry import LogParser
@@ -58,6 +58,11 @@ from nanoenv.types import (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, LossPoint], None]
+LOG_LEVEL_REASON = (
+    "the baseline script defines no build_model(config), so the harness cannot reload its model "
+    "(or verify='log' was asked for): the loss is as reported (verification level `log`); the "
+    "clock and the data are still checked"
+)
 
 
 class Runner:
@@ -70,8 +75,6 @@ class Runner:
         data_root: Path,
         manifest: Manifest,
         settings: RunSettings,
-        *,
-        log_only: bool = False,
     ) -> None:
         self.task = task
         self.sandbox = sandbox
@@ -82,9 +85,6 @@ class Runner:
         self.damaged: str | None = None
         self._gpu_pool: GpuPool | None = None
         self._cpu_pool: CpuPool | None = None
-        # A baseline without build_model (a user's own script) can only be checked at the log
-        # level: its runs are timed and policed, but their models are not re-evaluated.
-        self.log_only = log_only
 
     def job(self, script: str, seed: int, out_dir: Path) -> Job:
         """The sandbox job that runs ``script`` with the task's contract environment."""
@@ -120,7 +120,7 @@ class Runner:
         it runs, its GPUs' utilisation and memory are sampled into its telemetry (not on Ray,
         whose GPU ids the harness does not know).
         """
-        if self.sandbox.name == "ray":
+        if capabilities(self.sandbox).schedules_resources:
             return self.sandbox.run(job, on_line, cancel)
         k = job.gpus if isinstance(job.gpus, int) else 0
         t0 = time.monotonic()
@@ -239,7 +239,9 @@ class Runner:
         if ended is not None:
             outcome, message = ended
             verdict = Verdict(
-                level="none", reason="the run did not finish: nothing to verify", checks=checks
+                level=VerifyLevel.NONE,
+                reason="the run did not finish: nothing to verify",
+                checks=checks,
             )
             if not integrity_ok(checks):
                 outcome, message = (
@@ -249,16 +251,11 @@ class Runner:
             return result.model_copy(
                 update={"outcome": outcome, "message": message, "verdict": verdict}
             )
-        if self.settings.verify == "full" and self.log_only:
+        level = self.settings.level
+        if level is VerifyLevel.LOG:
             checks += timing_checks(clock, self.task.timing)
-            verdict = Verdict(
-                level="log",
-                checks=checks,
-                reason="the baseline script defines no build_model(config), so the harness cannot "
-                "reload its model: the loss is as reported (verification level `log`); the clock "
-                "and the data are still checked",
-            )
-        elif self.settings.verify == "full":
+            verdict = Verdict(level=level, checks=checks, reason=LOG_LEVEL_REASON)
+        elif level is VerifyLevel.FULL:
             checks += timing_checks(clock, self.task.timing)
             try:
                 result, verdict = self._verify(result, script, record, checks, cancel)
@@ -266,7 +263,7 @@ class Runner:
                 return result.model_copy(update={"outcome": Outcome.INFRA_ERROR, "message": str(e)})
         else:
             verdict = Verdict(
-                level="none",
+                level=VerifyLevel.NONE,
                 checks=checks,
                 reason="verify='none': the loss is as the script reported it; the harness did "
                 "not re-evaluate the model",
@@ -308,7 +305,7 @@ class Runner:
         if found.error:
             detail = f"the saved model to load through build_model; found: {found.error}"
             checks.append(Check(name="model_loads", passed=False, detail=detail))
-            return result, Verdict(level="full", verified=False, checks=checks,
+            return result, Verdict(level=VerifyLevel.FULL, verified=False, checks=checks,
                                    reason=f"the harness could not re-evaluate the model: {found.error}")  # fmt: skip
         n = found.numbers
         checks.append(Check(name="model_loads", passed=True, detail="build_model + the checkpoint",
@@ -321,7 +318,7 @@ class Runner:
         ) is not None:
             checks.append(tp)
         verified = all(c.passed for c in checks)
-        verdict = Verdict(level="full", verified=verified, checks=checks,
+        verdict = Verdict(level=VerifyLevel.FULL, verified=verified, checks=checks,
                           reason="" if verified else "a check failed")  # fmt: skip
         # Every position was scored (or audited): the verified loss replaces the reported one.
         update = {"hidden_val_loss": n["hidden_loss"]}
@@ -366,7 +363,7 @@ class Runner:
                 message=message,
                 wall_time_s=round(time.monotonic() - started, 4),
                 seed=seed,
-                verdict=Verdict(level="none", reason="the script did not run"),
+                verdict=Verdict(level=VerifyLevel.NONE, reason="the script did not run"),
             )
         )
 

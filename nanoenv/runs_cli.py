@@ -65,12 +65,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if not (folder / "episode.json").exists():
             raise NanoEnvError(f"no episode folder {folder}")
         meta = json.loads((folder / "episode.json").read_text())
-        task_spec = load_task(meta["task"])
-        target = (
-            task_spec.smoke.target_val_loss
-            if meta.get("smoke") and task_spec.smoke
-            else task_spec.target_val_loss
-        )
+        target = meta.get("curve_target")  # the target on the log's curve, as the env resolved it
+        if target is None:  # an episode recorded before episodes kept it
+            task_spec = load_task(meta["task"])
+            small = meta.get("smoke") and task_spec.smoke
+            target = task_spec.smoke.target_val_loss if small else task_spec.target_val_loss
         print(f"wrote {write_report(folder, target=target)}")
     return 0
 

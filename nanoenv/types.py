@@ -116,6 +116,23 @@ class Check(BaseModel):
     numbers: dict[str, float] = Field(default_factory=dict)
 
 
+class VerifyLevel(str, Enum):
+    """How much of a run the harness re-measures: asked for by the user, lowered to ``log``
+    when the baseline cannot be reloaded, and recorded in every verdict."""
+
+    NONE = "none"  # the loss is as the script reported it; only the run's end is judged
+    LOG = "log"  # the clock, the data and the protected regions are checked; the model is not reloaded
+    FULL = "full"  # the saved model is re-evaluated (public and hidden val), with every check
+
+    @classmethod
+    def parse(cls, value: str | VerifyLevel) -> VerifyLevel:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(repr(v.value) for v in cls)
+            raise ValueError(f"verify must be one of {names}, got {value!r}") from None
+
+
 class Verdict(BaseModel):
     """What the harness could confirm about a run.
 
@@ -125,7 +142,7 @@ class Verdict(BaseModel):
 
     model_config = _MODEL_CONFIG
 
-    level: Literal["none", "log", "full"] = "none"
+    level: VerifyLevel = VerifyLevel.NONE
     verified: bool = False
     reason: str = ""
     checks: list[Check] = Field(default_factory=list)
@@ -354,7 +371,6 @@ class VerifySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["full", "log"] = "full"
     eval_seq_len: int = 128
     public_tokens: int = 16384  # the first ones of public val: what the script reports on
     hidden_tokens: int = 16384  # windows drawn across hidden val, and as many across public val

@@ -137,3 +137,54 @@ def test_the_benchmark_runs_ideas_paired_by_seed_and_writes_the_summary(tmp_path
     assert rows["dropout"]["effect"] == pytest.approx(statistics.fmean(diffs))
     assert summary["noise_floor"] > 0
     assert "agreement" in done.stdout
+
+
+def _load(path: Path):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CUMULATIVE = [p for p in CPU_TRACKS if (SUITE / load_task(p).task_dir.name / "cumulative").is_dir()]
+
+
+@pytest.mark.parametrize("env_id", CUMULATIVE)
+def test_the_cumulative_stacks_are_what_write_patches_makes_and_each_holds_the_one_before(env_id):
+    """The replay's stacks on disk are write_patches.py's (a drifted baseline or a hand edit
+    fails here), each stack is the previous one plus one idea, and none touches a protected
+    region."""
+    writer = _load(SUITE / "write_patches.py")
+    task = load_task(env_id)
+    base = baseline_script(task)
+    ideas = load_ideas(SUITE / "ideas.toml")
+    chain = writer.stacks(base, [i.name for i in ideas if not i.control])
+    folder = SUITE / task.task_dir.name / "cumulative"
+    previous = base
+    for n, (idea, script) in enumerate(chain, 1):
+        on_disk = apply_diff(base, (folder / f"{n:02d}-{idea}.diff").read_text(), task.script)
+        assert on_disk.script == script, f"{idea}: rerun write_patches.py --cumulative"
+        assert script != previous, idea
+        check_protected(base, script, [r.name for r in task.protected])
+        previous = script
+    for control in (i.name for i in ideas if i.control):
+        patched = apply_diff(base, (folder / f"control-{control}.diff").read_text(), task.script)
+        compile(patched.script, control, "exec")
+        assert patched.script != chain[-1][1]
+
+
+def test_the_cumulative_replay_measures_each_idea_against_the_stack_before_it(tmp_path):
+    fidelity = _load(REPO / "benchmarks" / "fidelity.py")
+    ideas = load_ideas(SUITE / "ideas.toml")
+    kept = [i.name for i in ideas if not i.control]
+    patches, reference = fidelity.suite_patches(tmp_path, ideas, cumulative=True)
+    assert reference[kept[0]] == "baseline"
+    assert [reference[n] for n in kept[1:]] == kept[:-1]
+    assert all(reference[i.name] == kept[-1] for i in ideas if i.control)
+    assert patches[kept[1]] == tmp_path / "cumulative" / f"02-{kept[1]}.diff"
+    alone, alone_ref = fidelity.suite_patches(tmp_path, ideas, cumulative=False)
+    assert set(alone_ref.values()) == {"baseline"}
+    assert alone[kept[1]] == tmp_path / f"{kept[1]}.diff"

@@ -1,6 +1,7 @@
 """Write the fidelity suite's patches for a track: each idea as edits of the track's baseline.
 
-    python benchmarks/fidelity_suite/write_patches.py [--env ID|DIR]   (a task id or a candidate folder)
+    python benchmarks/fidelity_suite/write_patches.py [--env ID|DIR] [--cumulative]
+    (a task id or a candidate folder; --cumulative: also the stacks of the cumulative replay)
 
 Each idea is a list of (old, new) text edits of the baseline script; every `old` must occur
 exactly once, so a baseline that drifted fails loudly here instead of silently in a run (an
@@ -13,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from nanoenv.fidelity import load_ideas  # noqa: E402
 from nanoenv.patching import make_diff  # noqa: E402
 from nanoenv.tasks import baseline_script, load_task  # noqa: E402
 
@@ -375,6 +378,98 @@ IDEAS: dict[str, list[Edit]] = {
 }
 
 
+# The cumulative replay: each idea on the stack of every idea before it (ideas.toml's order, the
+# records' order). Where an earlier idea rewrote an idea's anchor, the idea's edits on the stack:
+ROPE_EMBED = "        x = self.wte(idx)\n"
+X0_LOOP = "            x = block(self.x_lambdas[i] * x + self.x0_lambdas[i] * x0)\n"
+MUON_ADAMW = "    adamw = torch.optim.AdamW(others, lr=args.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)\n"
+MUON_LR_UPDATE = '                group["lr"] = base_lr * scale\n'
+
+STACKED: dict[str, list[Edit]] = {
+    # Muon's AdamW holds the embeddings: they get their own group there, at the larger lr.
+    "embed-lr": [
+        hparam("    embed_lr_mult: float = 5.0\n"),
+        (
+            MUON_ADAMW,
+            """    # The embedding tables get their own, larger learning rate.
+    embeds = [p for p in others if any(p is q for q in model.wte.parameters())]
+    rest = [p for p in others if not any(p is q for q in embeds)]
+    adamw = torch.optim.AdamW(
+        [{"params": rest, "mult": 1.0}, {"params": embeds, "mult": args.embed_lr_mult}],
+        lr=args.learning_rate, betas=(0.9, 0.95), weight_decay=0.0,
+    )
+""",
+        ),
+        (
+            MUON_LR_UPDATE,
+            '                group["lr"] = base_lr * scale * group.get("mult", 1.0)\n',
+        ),
+    ],
+    # U-net skips around the x0 mix of the stream.
+    "unet-skips": [
+        IDEAS["unet-skips"][0],
+        (
+            "        for i, block in enumerate(self.h):\n" + X0_LOOP,
+            """        # U-net: the first half's outputs feed the second half in reverse order.
+        n_enc = len(self.h) // 2
+        skips = []
+        for i, block in enumerate(self.h):
+            if i >= len(self.h) - n_enc:
+                x = x + self.skip_weights[i - (len(self.h) - n_enc)] * skips.pop()
+"""
+            + X0_LOOP
+            + """            if i < n_enc:
+                skips.append(x)
+""",
+        ),
+    ],
+    "value-embeddings": [
+        *IDEAS["value-embeddings"][:3],
+        (X0_LOOP, X0_LOOP.replace("* x0)", "* x0, idx)")),
+    ],
+    # After RoPE the embedding line has no position term.
+    "smear": [
+        IDEAS["smear"][0],
+        (ROPE_EMBED, IDEAS["smear"][1][1].replace(EMBED, ROPE_EMBED)),
+        IDEAS["smear"][2],
+    ],
+    "bigram-hash": [
+        IDEAS["bigram-hash"][0],
+        (ROPE_EMBED, IDEAS["bigram-hash"][1][1].replace(EMBED, ROPE_EMBED)),
+        IDEAS["bigram-hash"][2],
+    ],
+    # Value embeddings gave the block's attention the tokens.
+    "dropout": [
+        (
+            "        x = x + self.attn(self.ln_1(x), idx)\n        return x + self.mlp(self.ln_2(x))\n",
+            "        x = x + F.dropout(self.attn(self.ln_1(x), idx), 0.1, self.training)\n"
+            "        return x + F.dropout(self.mlp(self.ln_2(x)), 0.1, self.training)\n",
+        ),
+    ],
+    # Short sequences in the batch-size schedule's batches: twice as many, half as long.
+    "seq-len-schedule": [
+        IDEAS["seq-len-schedule"][0],
+        (
+            "        x, y = train_loader.next_batch()\n",
+            "        short = step < short_steps\n"
+            "        if short:\n"
+            "            train_loader.B = train_loader.B * 2\n"
+            "        train_loader.T = args.seq_len // 2 if short else args.seq_len\n"
+            "        x, y = train_loader.next_batch()\n",
+        ),
+    ],
+}
+
+
+def stacks(base: str, ideas: list[str]) -> list[tuple[str, str]]:
+    """(name, script) for the cumulative replay: the stack through each idea, in order."""
+    out, source = [], base
+    for idea in ideas:
+        source = apply(source, STACKED.get(idea, IDEAS[idea]), f"{idea} (on the stack)")
+        out.append((idea, source))
+    return out
+
+
 def apply(source: str, edits: list[Edit], idea: str) -> str:
     """The baseline with every edit applied; each `old` must be there exactly once."""
     for old, new, *optional in edits:
@@ -389,10 +484,30 @@ def apply(source: str, edits: list[Edit], idea: str) -> str:
     return source
 
 
+def write_cumulative(base: str, task: Any, out: Path) -> None:
+    """The cumulative replay's patches: cumulative/NN-<idea>.diff is the baseline with every idea
+    through the NN-th (ideas.toml's order); a control's is the whole stack with the control."""
+    ideas = load_ideas(HERE / "ideas.toml")
+    out.mkdir(exist_ok=True)
+    chain = stacks(base, [i.name for i in ideas if not i.control])
+    for n, (idea, script) in enumerate(chain, 1):
+        compile(script, f"{idea}.py", "exec")
+        (out / f"{n:02d}-{idea}.diff").write_text(make_diff(base, script, task.script))
+    top = chain[-1][1]
+    for control in (i.name for i in ideas if i.control):
+        script = apply(top, STACKED.get(control, IDEAS[control]), f"{control} (on the stack)")
+        (out / f"control-{control}.diff").write_text(make_diff(base, script, task.script))
+    print(f"wrote {len(chain)} stacks and their controls in {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="Speedrun-Tiny-v0")
     ap.add_argument("--only", nargs="*", help="only these ideas")
+    ap.add_argument(
+        "--cumulative", action="store_true",
+        help="also the cumulative replay's stacks (each idea on every idea before it)",
+    )  # fmt: skip
     args = ap.parse_args()
     task = load_task(args.env)
     base = baseline_script(task)
@@ -405,6 +520,8 @@ def main() -> None:
         compile(patched, f"{idea}.py", "exec")
         (out / f"{idea}.diff").write_text(make_diff(base, patched, task.script))
         print(f"wrote {out / f'{idea}.diff'}")
+    if args.cumulative:
+        write_cumulative(base, task, out / "cumulative")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
@@ -21,6 +22,29 @@ from nanoenv.types import Job, JobResult, StampedLine
 log = logging.getLogger(__name__)
 LineCallback = Callable[[StampedLine], None]
 CANCELLED = "cancelled by the caller"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by its class (``capabilities = Capabilities(...)``) so
+    that nothing recognises a backend by its name."""
+
+    # It places jobs on CPUs and GPUs itself (Ray): the runner's CPU and GPU pools stand
+    # aside, and the GPU ids a job ran on are not the harness's to sample.
+    schedules_resources: bool = False
+    # GPUs must be asked for when the sandbox is made (docker's device requests); otherwise a
+    # job's GPUs are passed by CUDA_VISIBLE_DEVICES or by the scheduler.
+    gpu_request: bool = False
+    # How many runs an env keeps in flight on it unless told (max_in_flight): one where jobs
+    # share this machine's cores.
+    default_in_flight: int = 1
+    summary: str = ""
+
+
+def capabilities(sandbox: object) -> Capabilities:
+    """A sandbox's declared capabilities (a third-party sandbox without any: the defaults)."""
+    found = getattr(sandbox, "capabilities", None)
+    return found if isinstance(found, Capabilities) else Capabilities()
 
 
 @runtime_checkable
@@ -55,6 +79,36 @@ def job_cpus(job: Job, host_cpus: int | None) -> float:
 def job_threads(job: Job, host_cpus: int | None) -> str:
     """OMP_NUM_THREADS for a job: its CPUs, whole, at least one."""
     return str(max(1, int(job_cpus(job, host_cpus))))
+
+
+def job_environment(
+    job: Job,
+    *,
+    home: str,
+    tmp: str,
+    out_dir: str,
+    data_dir: str,
+    input_dir: str,
+    host_cpus: int | None,
+    backend: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment every backend gives a job, with paths as the job sees them: first what
+    the backend itself sets (``backend``: inherited variables, its markers, visible GPUs), then
+    the contract (HOME, TMPDIR, unbuffered Python that writes no bytecode, OMP and MKL threads
+    as its CPUs, NANOENV_OUT_DIR, and NANOENV_DATA_DIR and NANOENV_INPUT_DIR where the job has
+    them), then the job's own variables (the task's: seed, device, overrides), which win."""
+    threads = job_threads(job, host_cpus)
+    env = dict(backend or {})
+    env.update(
+        HOME=home, TMPDIR=tmp, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, NANOENV_OUT_DIR=out_dir,
+    )  # fmt: skip
+    if job.data_dir is not None:
+        env["NANOENV_DATA_DIR"] = data_dir
+    if job.input_dir is not None:
+        env["NANOENV_INPUT_DIR"] = input_dir
+    env.update(job.env)
+    return env
 
 
 def data_links(job: Job) -> dict[str, str]:

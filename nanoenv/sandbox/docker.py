@@ -28,14 +28,15 @@ from nanoenv.errors import SandboxError
 from nanoenv.liveness import owner_alive, owner_id
 from nanoenv.sandbox.base import (
     CANCELLED,
+    Capabilities,
     LineCallback,
     LineSplitter,
     OutputPump,
     data_links,
     extract_tar,
     job_cpus,
+    job_environment,
     job_gpu_count,
-    job_threads,
     render_command,
     result_from,
 )
@@ -120,6 +121,9 @@ class DockerSandbox:
     """
 
     name = "docker"
+    capabilities = Capabilities(
+        gpu_request=True, summary="a fresh container per run (CPU or NVIDIA GPUs)"
+    )
 
     def __init__(self, image: str | None = None, *, gpu: bool = False, client: Any = None) -> None:
         self._image = image
@@ -233,21 +237,10 @@ class DockerSandbox:
 
     def exec_env(self, job: Job, host_cpus: int | None = None) -> dict[str, str]:
         """The job's environment inside the container."""
-        threads = job_threads(job, host_cpus)
-        env = {
-            "HOME": "/work",
-            "TMPDIR": "/tmp",
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "NANOENV_OUT_DIR": "/work/out",
-        }
-        if job.data_dir is not None:
-            env["NANOENV_DATA_DIR"] = "/data"
-        if job.input_dir is not None:
-            env["NANOENV_INPUT_DIR"] = "/input"
-        env.update(job.env)
-        return env
+        return job_environment(
+            job, home="/work", tmp="/tmp", out_dir="/work/out", data_dir="/data",
+            input_dir="/input", host_cpus=host_cpus,
+        )  # fmt: skip
 
     def run(
         self, job: Job, on_line: LineCallback | None = None, cancel: threading.Event | None = None

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from nanoenv.sandbox.base import LineCallback
+from nanoenv.sandbox.base import Capabilities, LineCallback
 from nanoenv.types import Job, JobResult, StampedLine
 
 _DIRECTIVE = re.compile(r"^\s*#\s*fake:\s*(\w+)(?:\s*=\s*(.*?))?\s*$", re.M)
@@ -54,6 +54,7 @@ class FakeSandbox:
     """
 
     name = "fake"
+    capabilities = Capabilities(summary="replays a log on a virtual clock (tests)")
     containment = "a fake sandbox: nothing runs, a log is replayed"
 
     def __init__(self, vocab_size: int = 256, wall_s: float = 0.0) -> None:

@@ -32,12 +32,13 @@ from pathlib import Path
 
 from nanoenv.sandbox.base import (
     CANCELLED,
+    Capabilities,
     LineCallback,
     OutputPump,
     copy_out,
     data_links,
+    job_environment,
     job_gpu_count,
-    job_threads,
     render_command,
     result_from,
 )
@@ -156,6 +157,9 @@ class LocalSandbox:
     """
 
     name = "local"
+    capabilities = Capabilities(
+        summary="a subprocess on this machine, in bubblewrap where it is installed"
+    )
 
     def __init__(self, python: str | None = None, isolate_network: bool = True) -> None:
         self.python = python or sys.executable
@@ -172,33 +176,22 @@ class LocalSandbox:
 
     def _env(self, job: Job, workspace: Path, out_dir: Path, job_id: str) -> dict[str, str]:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        threads = job_threads(job, os.cpu_count())
-        env.update(
-            HOME=str(workspace),
-            TMPDIR=str(workspace / "tmp"),
-            PYTHONUNBUFFERED="1",
-            PYTHONDONTWRITEBYTECODE="1",
-            OMP_NUM_THREADS=threads,
-            MKL_NUM_THREADS=threads,
-            NANOENV_OUT_DIR=str(out_dir),
-        )
         env[MARKER] = job_id
         if bwrap() is None or not self.isolate_network:
             # Only where no PID namespace ends the job's processes with it: the sweeper finds
             # a dead harness's leftovers by this. Inside one, the job never learns our pid.
             env[OWNER] = str(os.getpid())
-        if job.data_dir is not None:
-            env["NANOENV_DATA_DIR"] = str(job.data_dir)
-        if job.input_dir is not None:
-            env["NANOENV_INPUT_DIR"] = str(job.input_dir)
         if isinstance(job.gpus, list):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.gpus))
         elif not job.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""
         elif "CUDA_VISIBLE_DEVICES" in os.environ:  # k GPUs: among those the host lets us see
             env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-        env.update(job.env)
-        return env
+        return job_environment(
+            job, home=str(workspace), tmp=str(workspace / "tmp"), out_dir=str(out_dir),
+            data_dir=str(job.data_dir), input_dir=str(job.input_dir), host_cpus=os.cpu_count(),
+            backend=env,
+        )  # fmt: skip
 
     def run(
         self, job: Job, on_line: LineCallback | None = None, cancel: threading.Event | None = None

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from nanoenv.sandbox.base import CANCELLED, LineCallback, extract_tar, job_gpu_count
+from nanoenv.sandbox.base import CANCELLED, Capabilities, LineCallback, extract_tar, job_gpu_count
 from nanoenv.types import Job, JobResult, StampedLine
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,11 @@ class RaySandbox:
     """
 
     name = "ray"
+    capabilities = Capabilities(
+        schedules_resources=True,
+        default_in_flight=4,
+        summary="jobs placed by a Ray cluster's scheduler, run in a local or docker sandbox there",
+    )
 
     def __init__(
         self, address: str | None = None, inner: str = "local", **init_kwargs: Any
