@@ -128,7 +128,6 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             resolved.settings,
         )
         self.max_steps, self.baseline_measured_on = resolved.max_steps, resolved.measured_on
-        self.smoke = smoke
         if isinstance(sandbox, str):
             self.sandbox = make_sandbox(sandbox, gpus=bool(self.task.gpus))
         else:
@@ -233,6 +232,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self.sandbox.close()
 
     # ------------------------------------------------------------------ episode state
+
+    @property
+    def smoke(self) -> bool:
+        """Whether the env runs the task at its smoke size (resolved into the settings)."""
+        return self.settings.smoke
 
     @property
     def containment(self) -> str:
