@@ -55,7 +55,7 @@ def card() -> dict[str, Any]:
     """What the machine has: torch, CUDA, the card, NVML, bubblewrap."""
     import torch
 
-    from nanoenv.gpu_telemetry import open_nvml
+    from nanoenv.judging.gpu_telemetry import open_nvml
 
     info: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from nanoenv.patching import apply_diff
+from nanoenv.actions.patching import apply_diff
 
 
 def _time(script: str, lines: list[str], start: int, m: int) -> float:

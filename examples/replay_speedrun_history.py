@@ -21,7 +21,7 @@ import gymnasium as gym
 
 import nanoenv  # noqa: F401
 from nanoenv import Action
-from nanoenv.plots import plot_frontier
+from nanoenv.records.plots import plot_frontier
 
 HISTORY = sorted((Path(__file__).parent / "history").glob("*.diff"))
 

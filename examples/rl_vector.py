@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 import nanoenv  # noqa: F401
-from nanoenv.patching import make_diff
+from nanoenv.actions.patching import make_diff
 
 MOVES = [("learning_rate", 1.25), ("learning_rate", 0.8), ("num_iterations", 0.9), (None, 1.0)]
 

@@ -14,7 +14,7 @@ import gymnasium as gym
 
 import nanoenv  # noqa: F401
 from nanoenv import Action
-from nanoenv.patching import make_diff
+from nanoenv.actions.patching import make_diff
 
 MOVES = {  # hyperparameter: the factors to try
     "learning_rate": (0.7, 1.4),

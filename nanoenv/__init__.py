@@ -18,8 +18,8 @@ from nanoenv.errors import (
     SandboxError,
     TaskError,
 )
+from nanoenv.judging.telemetry import parse_log
 from nanoenv.tasks import discovered_ids
-from nanoenv.telemetry import parse_log
 from nanoenv.types import Action, LossPoint, Outcome, RunResult, Verdict
 
 __version__ = "0.1.0"

@@ -122,8 +122,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(results_table(rows))
     episode_dir = env.unwrapped.episode_dir
     try:
-        from nanoenv.plots import plot_curves
-        from nanoenv.report import write_report
+        from nanoenv.records.plots import plot_curves
+        from nanoenv.records.report import write_report
 
         report = write_report(episode_dir, target=env.unwrapped.settings.target_val_loss)
         png = plot_curves(
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name")
     data.set_defaults(func=cmd_data)
 
-    from nanoenv.runs_cli import add_parsers
+    from nanoenv.records.runs_cli import add_parsers
 
     add_parsers(sub)
 

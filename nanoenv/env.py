@@ -16,12 +16,12 @@ import numpy as np
 from nanoenv import feedback
 from nanoenv.data import ensure_dataset
 from nanoenv.episode import Episode, Pending, StepHandle
-from nanoenv.records import EpisodeRecord
-from nanoenv.runner import ProgressFn, Runner
+from nanoenv.judging.runner import ProgressFn, Runner
+from nanoenv.records.artifacts import EpisodeRecord
+from nanoenv.records.store import RunStore
 from nanoenv.sandbox import Sandbox, capabilities, make_sandbox
 from nanoenv.settings import resolve
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
-from nanoenv.store import RunStore
 from nanoenv.types import Action, Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
     p < 0.01), else a penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the
     baseline's loss minus the run's verified loss, for a run that ended within the baseline's
     time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. ``frontier``: the
-    hypervolume a run adds to the episode's (time, loss) frontier (nanoenv.progress), beyond
+    hypervolume a run adds to the episode's (time, loss) frontier (nanoenv.judging.progress), beyond
     noise. Failures and rejections cost -1; ``infra_error`` 0. ``info["progress"]``: the best
     loss so far, both Pareto frontiers and their hypervolumes.
 

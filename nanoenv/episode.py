@@ -17,10 +17,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanoenv.actions import build_script, coerce_action, syntax_error
+from nanoenv.actions.accept import build_script, coerce_action, syntax_error
+from nanoenv.actions.patching import make_diff
 from nanoenv.errors import PatchError, PolicyError
-from nanoenv.patching import make_diff
-from nanoenv.progress import (
+from nanoenv.judging.progress import (
     Reference,
     added_hypervolume,
     counts,
@@ -28,11 +28,11 @@ from nanoenv.progress import (
     summary,
     time_points,
 )
-from nanoenv.records import EpisodeRecord, StepRecord
-from nanoenv.rewards import EPISODE_REWARDS
-from nanoenv.runner import ProgressFn, Runner
+from nanoenv.judging.rewards import EPISODE_REWARDS
+from nanoenv.judging.runner import ProgressFn, Runner
+from nanoenv.records.artifacts import EpisodeRecord, StepRecord
+from nanoenv.records.store import RunStore
 from nanoenv.sandbox.base import CANCELLED
-from nanoenv.store import RunStore
 from nanoenv.types import Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)

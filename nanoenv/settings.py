@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoenv.actions import defines_build_model
-from nanoenv.protected import protected_regions
-from nanoenv.rewards import RewardContext
+from nanoenv.actions.accept import defines_build_model
+from nanoenv.actions.protected import protected_regions
+from nanoenv.judging.rewards import RewardContext
 from nanoenv.tasks import baseline_script, load_task, own_baseline, smoke_task
 from nanoenv.types import TaskSpec, VerifyLevel
 

@@ -200,7 +200,7 @@ class RunResult(BaseModel):
     script_sha256: str | None = None
     telemetry: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
-    # The steps objective (nanoenv.steps): training tokens at the first val point at or below
+    # The steps objective (nanoenv.judging.steps): training tokens at the first val point at or below
     # the target on the reported curve (with repeats, significantly below). As reported: no
     # reward reads it.
     tokens_to_target: int | None = None
@@ -367,7 +367,7 @@ class TimingSpec(BaseModel):
 
 
 class VerifySpec(BaseModel):
-    """How the harness re-evaluates a run's model (see nanoenv.verify)."""
+    """How the harness re-evaluates a run's model (see nanoenv.judging.verify)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -380,7 +380,7 @@ class VerifySpec(BaseModel):
     # Big vocabularies (GPT-2's: the logits of every position would be gigabytes) are audited
     # instead: the worker returns the log-prob of every next token, and a second, fresh worker
     # returns raw logits at this many positions drawn only after the first has answered; the
-    # harness's own log-softmax there must match (see nanoenv.audit). None: raw logits at every
+    # harness's own log-softmax there must match (see nanoenv.judging.audit). None: raw logits at every
     # position, scored by the harness alone.
     audit_positions: int | None = None
     # The autocast dtype the model is evaluated in on CUDA (the speedrun evaluates in bfloat16).

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nanoenv import Action, Outcome
-from nanoenv.patching import make_diff
+from nanoenv.actions.patching import make_diff
 from nanoenv.tasks import baseline_script, load_task
 
 BASELINE = baseline_script(load_task("tiny"))

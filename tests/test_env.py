@@ -13,7 +13,7 @@ from gymnasium.utils.env_checker import check_env
 
 import nanoenv
 from nanoenv import Action, Outcome, RunResult
-from nanoenv.patching import make_diff
+from nanoenv.actions.patching import make_diff
 from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.tasks import baseline_script, load_task
 
@@ -237,7 +237,7 @@ def test_loss_at_budget_reward(make_env):
 
 def test_steps_objective_is_measured_on_the_reported_curve_and_reported(make_env):
     """Every run carries the steps objective: the training tokens at the first val point at or
-    below the reported-loss target (nanoenv.steps), and the feedback says it is no reward."""
+    below the reported-loss target (nanoenv.judging.steps), and the feedback says it is no reward."""
     env = make_env(verify="none", sandbox=FakeSandbox())
     env.reset(seed=0)
     obs, _, _, _, info = env.step("")

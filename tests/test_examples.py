@@ -105,7 +105,7 @@ class _FakeChat(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_llm():
-    from nanoenv.patching import make_diff
+    from nanoenv.actions.patching import make_diff
     from nanoenv.tasks import baseline_script, load_task
 
     base = baseline_script(load_task("tiny"))

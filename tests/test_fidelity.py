@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from nanoenv.actions.patching import apply_diff
+from nanoenv.actions.protected import check_protected
 from nanoenv.fidelity import (
     Idea,
     Paired,
@@ -19,8 +21,6 @@ from nanoenv.fidelity import (
     spearman,
     summarize,
 )
-from nanoenv.patching import apply_diff
-from nanoenv.protected import check_protected
 from nanoenv.tasks import baseline_script, load_task, task_ids
 
 REPO = Path(__file__).resolve().parents[1]

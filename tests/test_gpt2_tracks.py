@@ -263,11 +263,11 @@ def test_what_the_verifier_writes_at_full_size_fits_its_sandbox(env_id):
     the audit, the worker wrote 2.49 GiB of logits into a 2 GiB /work and every run was rejected;
     the 2 GiB cap no longer depends on the output (tests/test_sandbox_docker.py writes past it).
     Arithmetic on the real plan: running the 10.5M-token forward on a CPU takes tens of minutes."""
-    from nanoenv.audit import _audit_plan
+    from nanoenv.judging.audit import _audit_plan
+    from nanoenv.judging.verifier import Worker
+    from nanoenv.judging.verify import EvalSet, build_inputs
     from nanoenv.sandbox.docker import WORK_TMPFS_MB, work_tmpfs_mb
     from nanoenv.types import Job
-    from nanoenv.verifier import Worker
-    from nanoenv.verify import EvalSet, build_inputs
 
     task = load_task(env_id)
     spec, width = task.verify, 50304

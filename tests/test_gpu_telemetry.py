@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from nanoenv import gpu_telemetry
-from nanoenv.gpu_telemetry import MIB, GpuSampler
+from nanoenv.judging import gpu_telemetry
+from nanoenv.judging.gpu_telemetry import MIB, GpuSampler
 from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.types import Outcome
 

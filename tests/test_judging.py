@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoenv.judging import (
+from nanoenv.judging.rules import (
     against_target,
     aggregate,
     classify_job,
@@ -13,7 +13,7 @@ from nanoenv.judging import (
     log_tail,
     rejection_message,
 )
-from nanoenv.telemetry import LogParser
+from nanoenv.judging.telemetry import LogParser
 from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
 
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from nanoenv.actions.patching import (
+    apply_diff,
+    check_text,
+    decode_action_text,
+    make_diff,
+    parse_diff,
+)
+from nanoenv.actions.protected import check_protected, protected_regions
 from nanoenv.errors import PatchError, PolicyError
-from nanoenv.patching import apply_diff, check_text, decode_action_text, make_diff, parse_diff
-from nanoenv.protected import check_protected, protected_regions
 
 SOURCE = "".join(f"line {i}\n" for i in range(1, 41))
 CHANGED = SOURCE.replace("line 20\n", "line twenty\n").replace("line 35\n", "line 35\nnew line\n")

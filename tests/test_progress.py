@@ -1,4 +1,4 @@
-"""The episode's scientific delta (nanoenv.progress): best loss, frontiers, hypervolume, and
+"""The episode's scientific delta (nanoenv.judging.progress): best loss, frontiers, hypervolume, and
 the frontier reward, through the env on the fake sandbox (the bookkeeping is the subject)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nanoenv.env import SpeedrunEnv
-from nanoenv.progress import LOSS_MARGIN, X_MARGIN, Reference, frontier, hypervolume
+from nanoenv.judging.progress import LOSS_MARGIN, X_MARGIN, Reference, frontier, hypervolume
 from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.types import Outcome
 
@@ -88,7 +88,7 @@ def test_the_frontier_reward_pays_for_progress_only(env):
 
 
 def test_a_store_made_before_the_progress_columns_gets_them(tmp_path):
-    from nanoenv.store import RunStore
+    from nanoenv.records.store import RunStore
 
     db = sqlite3.connect(tmp_path / "runs.sqlite")
     db.execute("CREATE TABLE steps (episode TEXT NOT NULL, step INTEGER NOT NULL, task TEXT "

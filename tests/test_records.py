@@ -14,7 +14,7 @@ import pytest
 
 from nanoenv import Outcome
 from nanoenv.cli import main as cli_main
-from nanoenv.records import load_result
+from nanoenv.records.artifacts import load_result
 
 
 def _wait_for(predicate, timeout: float) -> bool:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nanoenv.rewards import REWARDS, RewardContext, get_reward
+from nanoenv.judging.rewards import REWARDS, RewardContext, get_reward
 from nanoenv.types import LossPoint, Outcome
 
 CTX = RewardContext(target_val_loss=2.5, baseline_train_time_s=30.0, baseline_val_loss=2.5)

@@ -18,9 +18,9 @@ import pytest
 import nanoenv  # noqa: F401
 from nanoenv import Action, Outcome
 from nanoenv.errors import SandboxError
-from nanoenv.gpus import GpuPool
 from nanoenv.sandbox.fake import FakeSandbox
-from nanoenv.slots import CpuPool
+from nanoenv.sandbox.gpus import GpuPool
+from nanoenv.sandbox.slots import CpuPool
 from nanoenv.tasks import baseline_script, load_task
 from nanoenv.types import Job, Limits
 
@@ -158,7 +158,7 @@ def test_gpus_held_by_a_crashed_process_are_released(tmp_path):
         f"""
         import time
         from pathlib import Path
-        from nanoenv.gpus import GpuPool
+        from nanoenv.sandbox.gpus import GpuPool
         ids, _ = GpuPool(ids=[0, 1, 2, 3], lock_dir=Path({str(tmp_path)!r})).acquire(3)
         print(sorted(ids), flush=True)
         time.sleep(300)

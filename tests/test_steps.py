@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nanoenv.steps import tokens_to_target, val_by_tokens
+from nanoenv.judging.steps import tokens_to_target, val_by_tokens
 from nanoenv.types import LossPoint
 
 

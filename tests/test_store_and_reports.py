@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from nanoenv.cli import main as cli_main
-from nanoenv.report import write_report
-from nanoenv.store import RunStore, pareto
+from nanoenv.records.report import write_report
+from nanoenv.records.store import RunStore, pareto
 
 PATCHES = Path(__file__).resolve().parents[1] / "examples" / "patches"
 
@@ -135,7 +135,7 @@ def test_store_survives_concurrent_writers(tmp_path):
         f"""
         import sys
         from pathlib import Path
-        from nanoenv.store import RunStore
+        from nanoenv.records.store import RunStore
         store = RunStore(Path({str(tmp_path)!r}))
         for i in range(20):
             store.begin(episode=f"ep{{sys.argv[1]}}", step=i, meta={{"task": "t"}}, action={{}}, artifacts_dir=None)

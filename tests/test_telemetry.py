@@ -9,7 +9,7 @@ import pytest
 from conftest import SPEEDRUN_LOGS
 
 from nanoenv import parse_log
-from nanoenv.telemetry import LogParser, format_log_line, parse_line
+from nanoenv.judging.telemetry import LogParser, format_log_line, parse_line
 
 
 def _independent_val_losses(text: str) -> list[float]:

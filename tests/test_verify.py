@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from nanoenv import Outcome
+from nanoenv.judging.significance import significance
+from nanoenv.judging.timing import harness_time, timing_checks
+from nanoenv.judging.verify import EvalSet, build_inputs, log_softmax, model_checks, score
 from nanoenv.sandbox.fake import FakeSandbox
-from nanoenv.significance import significance
-from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import LossPoint, TimingSpec, VerifySpec
-from nanoenv.verify import EvalSet, build_inputs, log_softmax, model_checks, score
 
 V, T = 16, 8
 
@@ -179,7 +179,7 @@ def test_spread_windows_come_from_the_whole_split_and_change_with_the_seed(tmp_p
     """Spread windows are real windows of the split (y is x shifted by one) from all over it,
     different for every seed; the region is the split's first tokens."""
     from nanoenv.data.manifest import load_manifest, write_splits
-    from nanoenv.verify import load_eval_set
+    from nanoenv.judging.verify import load_eval_set
 
     tokens = np.arange(50_000, dtype=np.uint16)  # a token is its own position
     write_splits(tmp_path, {"train": tokens[:4000], "val": tokens, "hidden_val": tokens[:20_000]},
@@ -201,7 +201,7 @@ def test_spread_windows_come_from_the_whole_split_and_change_with_the_seed(tmp_p
 def _audit(lp_shift: float = 0.0, peek: bool = False, seed: int = 4) -> dict[str, float]:
     """Both phases of audited verification on a numpy "model": the first phase's log-probs
     (shifted by ``lp_shift``, as a tampered log-softmax would), the audit's raw logits."""
-    from nanoenv.audit import _audit_plan, score_audited
+    from nanoenv.judging.audit import _audit_plan, score_audited
 
     rng = np.random.default_rng(seed)
     es = _eval_set(rng)
@@ -234,7 +234,7 @@ def test_the_audit_catches_tampered_log_probs_and_peeking():
 
 def test_model_config_must_be_plain(tmp_path):
     """model.json is a small flat config: no paths, no payloads, no nesting."""
-    from nanoenv.verifier import config_problem
+    from nanoenv.judging.verifier import config_problem
 
     cases = {
         '{"n_layer": 4, "act": "relu2", "dims": [1, 2]}': None,

@@ -19,8 +19,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from nanoenv.actions.patching import make_diff  # noqa: E402
 from nanoenv.fidelity import load_ideas  # noqa: E402
-from nanoenv.patching import make_diff  # noqa: E402
 from nanoenv.tasks import baseline_script, load_task  # noqa: E402
 
 Edit = tuple[str, str] | tuple[str, str, bool]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from nanoenv.significance import P_THRESHOLD
+from nanoenv.judging.significance import P_THRESHOLD
 from nanoenv.types import LossPoint
 
 

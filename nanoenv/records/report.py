@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from nanoenv.records import load_result
+from nanoenv.records.artifacts import load_result
 from nanoenv.types import RunResult
 
 
@@ -32,7 +32,7 @@ def episode_results(episode_dir: Path) -> list[RunResult]:
 
 def write_report(episode_dir: Path, *, target: float | None = None) -> Path:
     """Write ``report.html`` (and its two plots) into the episode folder; return its path."""
-    from nanoenv.plots import plot_curves, plot_frontier
+    from nanoenv.records.plots import plot_curves, plot_frontier
 
     meta = json.loads((episode_dir / "episode.json").read_text())
     results = episode_results(episode_dir)

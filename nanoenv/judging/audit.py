@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanoenv.verifier import Reevaluation, Worker
-from nanoenv.verify import KINDS, EvalSet, Layout, log_softmax, losses
+from nanoenv.judging.verifier import Reevaluation, Worker
+from nanoenv.judging.verify import KINDS, EvalSet, Layout, log_softmax, losses
 
 
 def audited(

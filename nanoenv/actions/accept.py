@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nanoenv import patching, protected
+from nanoenv.actions import patching, protected
 from nanoenv.errors import PatchError, PolicyError
 from nanoenv.types import Action, TaskSpec
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nanoenv.judging.progress import frontier
 from nanoenv.liveness import owner_alive, owner_id
-from nanoenv.progress import frontier
 from nanoenv.types import RunResult
 
 DB_NAME = "runs.sqlite"
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS steps (
     verified INTEGER,
     fingerprint TEXT,
     artifacts_dir TEXT,
-    best_val_loss REAL,            -- the episode's, when this step finished (nanoenv.progress)
+    best_val_loss REAL,            -- the episode's, when this step finished (nanoenv.judging.progress)
     hypervolume REAL,              -- of the episode's (time, loss) frontier then
     PRIMARY KEY (episode, step)
 );

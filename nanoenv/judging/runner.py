@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from nanoenv import verify
 from nanoenv.data import Manifest, prepare, verify_dataset
 from nanoenv.errors import DataError, SandboxError
-from nanoenv.gpu_telemetry import GpuSampler
-from nanoenv.gpus import GpuPool
-from nanoenv.judging import (
+from nanoenv.judging import verify
+from nanoenv.judging.gpu_telemetry import GpuSampler
+from nanoenv.judging.rewards import get_reward
+from nanoenv.judging.rules import (
     against_target,
     aggregate,
     classify_job,
@@ -36,13 +36,13 @@ from nanoenv.judging import (
     log_tail,
     rejection_message,
 )
-from nanoenv.rewards import get_reward
+from nanoenv.judging.steps import tokens_to_target
+from nanoenv.judging.telemetry import LogParser
+from nanoenv.judging.timing import harness_time, timing_checks
 from nanoenv.sandbox.base import Sandbox, capabilities
+from nanoenv.sandbox.gpus import GpuPool
+from nanoenv.sandbox.slots import CpuPool
 from nanoenv.settings import RunSettings, VerifyLevel
-from nanoenv.slots import CpuPool
-from nanoenv.steps import tokens_to_target
-from nanoenv.telemetry import LogParser
-from nanoenv.timing import harness_time, timing_checks
 from nanoenv.types import (
     Check,
     Job,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ast
 import re
 
+from nanoenv.actions.patching import normalize_text
 from nanoenv.errors import PolicyError
-from nanoenv.patching import normalize_text
 
 _PROTECTED = re.compile(r"^# --- nanoenv: protected (begin|end) \[([\w-]+)\] ---\s*$", re.M)
 

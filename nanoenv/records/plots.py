@@ -87,7 +87,7 @@ def plot_frontier(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from nanoenv.store import pareto
+    from nanoenv.records.store import pareto
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     rows = [{"label": lab, "t": t, "loss": v} for lab, t, v in points if t == t and v == v]

@@ -15,7 +15,7 @@ Output (``$NANOENV_OUT_DIR``): ``logits.npy`` (float32, [N, P or T, vocab]), or 
 ``logprobs`` ``logprobs.npy`` (float32, [N, T - 1]: the log-prob of token t + 1 at position t,
 every target a token of the input, so the worker learns nothing the input does not hold), and
 ``report.json``. The log-probs are computed here, next to the candidate's code: the harness
-audits them against raw logits from a second run (nanoenv/audit.py).
+audits them against raw logits from a second run (nanoenv/judging/audit.py).
 """
 
 import importlib.util

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoenv.errors import NanoEnvError
-from nanoenv.store import RunStore
+from nanoenv.records.store import RunStore
 
 
 def _f(x: float | None, spec: str) -> str:
@@ -52,13 +52,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(HEADER)
         print("\n".join(_row(r) for r in rows) if rows else "(no verified runs yet)")
         if args.png and rows:
-            from nanoenv.plots import plot_frontier
+            from nanoenv.records.plots import plot_frontier
 
             every = [(f"{r['episode'][-6:]}/{r['step']}", r["train_time_s"], r["val_loss"])
                      for r in store.rows(task=task) if r["verified"] and r["train_time_s"] and r["val_loss"]]  # fmt: skip
             print(f"wrote {plot_frontier(every, Path(args.png), title='verified runs')}")
     elif args.runs_cmd == "report":
-        from nanoenv.report import write_report
+        from nanoenv.records.report import write_report
         from nanoenv.tasks import load_task
 
         folder = Path(args.runs_dir) / args.episode

@@ -13,7 +13,7 @@ the exit of its last process). Nothing the script printed, its curve included, m
   baseline's time + 5%, given to the script as ``NANOENV_TIME_BUDGET_S``). A run that
   overruns is penalised, -0.05 to -1 as the overrun grows: the model it saved took longer.
 - ``frontier``: the hypervolume a run adds to the episode's (harness time, loss) frontier, in
-  nats (nanoenv.progress: 0 for a dominated run, never negative for one that counts; a run
+  nats (nanoenv.judging.progress: 0 for a dominated run, never negative for one that counts; a run
   counts when verified, or under ``verify="none"`` when it trained). The frontier starts at
   the baseline, and a new run is scored as if 0.005 nats worse and 5 % slower than it was, so a
   re-run or a cosmetic edit of a script on the frontier earns nothing from a lucky seed.
@@ -100,7 +100,7 @@ def frontier_failures(
     ctx: RewardContext,
 ) -> float:  # fmt: skip
     """``frontier``'s part that needs no history: failures cost -1, infra errors nothing. The
-    episode fills in a run that trained: the hypervolume it added (nanoenv.progress)."""
+    episode fills in a run that trained: the hypervolume it added (nanoenv.judging.progress)."""
     if outcome is Outcome.INFRA_ERROR:
         return 0.0
     if outcome not in (Outcome.OK, Outcome.MISSED_TARGET) or not _finite(val_loss):

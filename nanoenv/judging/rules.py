@@ -12,8 +12,8 @@ import re
 
 import numpy as np
 
-from nanoenv.significance import significance
-from nanoenv.telemetry import LogParser
+from nanoenv.judging.significance import significance
+from nanoenv.judging.telemetry import LogParser
 from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
 
 LOG_TAIL_LINES = 40

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from nanoenv.data import Manifest, read_shard
+from nanoenv.judging.verifier import Reevaluation, Worker, config_problem
 from nanoenv.types import Check, Job, JobResult, LossPoint, TaskSpec, VerifySpec
-from nanoenv.verifier import Reevaluation, Worker, config_problem
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def reevaluate(
     worker = Worker(run, task, script, run_out, list(masked or []), keep_dir)
     x, layout = build_inputs(es, task.verify, rng)
     if task.verify.audit_positions:
-        from nanoenv.audit import audited
+        from nanoenv.judging.audit import audited
 
         return audited(worker, x, layout, es, rng)
     found = worker.run("logits", x)

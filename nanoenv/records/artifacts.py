@@ -2,7 +2,7 @@
 
 Layout::
 
-    <runs_dir>/runs.sqlite                           the index of every step (nanoenv.store)
+    <runs_dir>/runs.sqlite                           the index of every step (nanoenv.records.store)
     <runs_dir>/<episode_id>/episode.json             task, seed, sandbox, reward, verify
     <runs_dir>/<episode_id>/trajectory.jsonl         one line per finished step (replayable)
     <runs_dir>/<episode_id>/step-0001/action.json   what the agent sent

@@ -1,6 +1,6 @@
 """GPU allocation on one machine without Ray: k free device ids per job, never shared.
 
-The GPUs are slots of a :class:`~nanoenv.slots.SlotPool`: lock files every nanoenv process on
+The GPUs are slots of a :class:`~nanoenv.sandbox.slots.SlotPool`: lock files every nanoenv process on
 the machine shares, released when a job ends or its process dies.
 """
 
@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nanoenv.slots import SlotPool
+from nanoenv.sandbox.slots import SlotPool
 
 
 def visible_gpus() -> list[int]:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nanoenv.steps import val_by_tokens
+from nanoenv.judging.steps import val_by_tokens
 from nanoenv.types import Outcome, RunResult
 
 # What trajectory.jsonl and runs.sqlite keep of it each step (the frontiers are in info).
