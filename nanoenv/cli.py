@@ -1,4 +1,4 @@
-"""The ``nanoenv`` command: demo, run, data, runs, tasks."""
+"""The ``nanoenv`` command: demo, run, data, runs, records, tasks."""
 
 from __future__ import annotations
 
@@ -366,9 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("name")
     data.set_defaults(func=cmd_data)
 
+    from nanoenv.claims import add_parsers as add_records_parsers
     from nanoenv.records.runs_cli import add_parsers
 
     add_parsers(sub)
+    add_records_parsers(sub)
 
     sandbox = sub.add_parser(
         "sandbox", help="the backends (list); the Docker sandbox: build images, clean up"

@@ -32,64 +32,68 @@ CLOSE_WAIT_S = 60.0
 class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
     """## Description
 
-    The NanoGPT speedrun as an environment. The state is a training script; an action patches
-    it; a step runs the patched script in a sandbox on a fixed slice of data and reports the
-    loss curve, the training time, a verdict and a reward. Research is open-ended, so an
-    episode is a sequence of experiments: each step's script may build on the previous one,
-    or branch from any earlier step.
+        The NanoGPT speedrun as an environment. The state is a training script; an action patches
+        it; a step runs the patched script in a sandbox on a fixed slice of data and reports the
+        loss curve, the training time, a verdict and a reward. Research is open-ended, so an
+        episode is a sequence of experiments: each step's script may build on the previous one,
+        or branch from any earlier step.
 
-    ## Action Space
+        ## Action Space
 
-    A ``str`` holding a unified diff against the current script (``""`` reruns it unchanged),
-    or a :class:`nanoenv.Action` (``diff=`` or ``script=``, and ``base=k`` to start from step
-    k's script, 0 being the baseline), or the same as a dict. ``action_space`` is a text space;
-    its samples are random short strings, which the env answers as malformed patches.
+        A ``str`` holding a unified diff against the current script (``""`` reruns it unchanged),
+        or a :class:`nanoenv.Action` (``diff=`` or ``script=``, and ``base=k`` to start from step
+        k's script, 0 being the baseline), or the same as a dict. ``action_space`` is a text space;
+        its samples are random short strings, which the env answers as malformed patches.
 
-    ## Observation Space
+        ## Observation Space
 
-    A ``Dict``: ``script`` (the current script), ``feedback`` (a readable report of the step),
-    ``outcome`` (``ok``, ``missed_target``, ``patch_failed``, ``rejected``, ``crashed``,
-    ``timed_out``, ``infra_error``; ``""`` after reset), ``val_loss`` and ``train_time_s``
-    (``inf`` when there are none), ``curve`` (``curve_points`` rows of step, train_time_s,
-    val_loss; zeros after them). ``info["result"]`` is the full :class:`nanoenv.RunResult`.
+        A ``Dict``: ``script`` (the current script), ``feedback`` (a readable report of the step),
+        ``outcome`` (``ok``, ``missed_target``, ``patch_failed``, ``rejected``, ``crashed``,
+        ``timed_out``, ``infra_error``; ``""`` after reset), ``val_loss`` and ``train_time_s``
+        (``inf`` when there are none), ``curve`` (``curve_points`` rows of step, train_time_s,
+        val_loss; zeros after them). ``info["result"]`` is the full :class:`nanoenv.RunResult`.
 
-    ## Rewards
+        ## Rewards
 
-    Computed from what the harness measured: the re-evaluated loss (``verify="full"``; on the
-    tiny track the loss on hidden val windows, which no run sees) and the harness's clock
-    (process start to the exit of the run's last process). ``time_to_target`` (default):
-    log(baseline time / time) when the outcome is ``ok`` (the target met, with repeats at
-    p < 0.01), else a penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the
-    baseline's loss minus the run's verified loss, for a run that ended within the baseline's
-    time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. ``frontier``: the
-    hypervolume a run adds to the episode's (time, loss) frontier (nanoenv.judging.progress), beyond
-    noise. Failures and rejections cost -1; ``infra_error`` 0. ``info["progress"]``: the best
-    loss so far, both Pareto frontiers and their hypervolumes.
+        Computed from what the harness measured: the re-evaluated loss (``verify="full"``; on the
+        tiny track the loss on hidden val windows, which no run sees) and the harness's clock
+        (process start to the exit of the run's last process). ``time_to_target`` (default):
+        log(baseline time / time) when the outcome is ``ok`` (the target met, with repeats at
+        p < 0.01), else a penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the
+        baseline's loss minus the run's verified loss, for a run that ended within the baseline's
+        time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. ``frontier``: the
+        hypervolume a run adds to the episode's (time, loss) frontier (nanoenv.judging.progress), beyond
+        noise. ``record``: log(record time / time) for a run that meets the target more than 5 %
+        faster than the record book's current record here, 0 for one no faster (nanoenv.claims).
+        Failures and rejections cost -1; ``infra_error`` 0. ``info["progress"]``: the best
+        loss so far, both Pareto frontiers and their hypervolumes.
 
-    ## Episode End
+        ## Episode End
 
-    ``truncated`` once ``max_steps`` steps are taken. ``terminated`` never, unless
-    ``terminate_on_success=True``: then on the first verified step that meets the target
-    (significantly, with repeats) faster than the baseline.
+        ``truncated`` once ``max_steps`` steps are taken. ``terminated`` never, unless
+        ``terminate_on_success=True``: then on the first verified step that meets the target
+        (significantly, with repeats) faster than the baseline.
 
-    ## Arguments
+        ## Arguments
 
-    ``task`` (an id, a task folder's path, or a TaskSpec), ``sandbox`` (``"local"``,
-    ``"docker"``, ``"ray"`` or a Sandbox), ``verify`` (``"full"``: re-evaluate the model and
-    run every check; ``"log"``: check the clock and the data, not the model; ``"none"``: trust
-    the log; nanoenv.settings.resolve decides the rest from these), ``repeats`` (runs per step; with 2 or more,
-    "meets the target" needs p < 0.01), ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
-    tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``baseline`` (your own script
-    as the baseline, e.g. a modded-nanogpt record; without ``build_model`` it runs at
-    verification level ``log``), ``progress`` (a callback ``(step, LossPoint)`` called as each log
-    point arrives), ``terminate_on_success``; other keywords override task.toml fields.
+        ``task`` (an id, a task folder's path, or a TaskSpec), ``sandbox`` (``"local"``,
+        ``"docker"``, ``"ray"`` or a Sandbox), ``verify`` (``"full"``: re-evaluate the model and
+        run every check; ``"log"``: check the clock and the data, not the model; ``"none"``: trust
+        the log; nanoenv.settings.resolve decides the rest from these), ``repeats`` (runs per step; with 2 or more,
+        "meets the target" needs p < 0.01), ``reward``, ``runs_dir`` (default ``./nanoenv-runs``), ``smoke`` (a few-seconds size for
+        tests), ``max_steps``, ``timeout_s`` (each run's deadline), ``baseline`` (your own script
+        as the baseline, e.g. a modded-nanogpt record; without ``build_model`` it runs at
+        verification level ``log``), ``progress`` (a callback ``(step, LossPoint)`` called as each log
+        point arrives), ``terminate_on_success``, ``start`` (``"baseline"``, or ``"record"``: step 0 is
+    the current record's script from ``runs_dir``'s record book); other keywords override
+    task.toml fields.
 
-    ## Version History
+        ## Version History
 
-    * v0: first release. Since 2026-12-01 (anti-gaming rules, not a new task): time runs to
-      the job's exit, the tiny track scores hidden val against ``target_hidden_loss``, the GPU
-      tracks audit every position, identical repeats are rejected. Rewards from before are not
-      comparable with later ones; paired baselines measured before are not reused.
+        * v0: first release. Since 2026-12-01 (anti-gaming rules, not a new task): time runs to
+          the job's exit, the tiny track scores hidden val against ``target_hidden_loss``, the GPU
+          tracks audit every position, identical repeats are rejected. Rewards from before are not
+          comparable with later ones; paired baselines measured before are not reused.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
@@ -111,6 +115,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         terminate_on_success: bool = False,
         max_in_flight: int | None = None,
         paired_baseline: bool | None = None,
+        start: str = "baseline",
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
@@ -120,7 +125,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         resolved = resolve(
             task, sandbox=sandbox_name, verify=verify, repeats=repeats, reward=reward,
             smoke=smoke, max_steps=max_steps, timeout_s=timeout_s, baseline=baseline,
-            paired_baseline=paired_baseline, overrides=overrides,
+            paired_baseline=paired_baseline, overrides=overrides, start=start,
+            runs_dir=runs_dir,
         )  # fmt: skip
         self.task, self.baseline, self.settings = (
             resolved.task,
@@ -128,6 +134,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
             resolved.settings,
         )
         self.max_steps, self.baseline_measured_on = resolved.max_steps, resolved.measured_on
+        self.start_script = resolved.start_script
+        # what step 0 is: the baseline, or (start="record") the record it was taken from
+        self.start_label = (
+            "baseline" if self.start_script == self.baseline else self.settings.record_label
+        )
         if isinstance(sandbox, str):
             self.sandbox = make_sandbox(sandbox, gpus=bool(self.task.gpus))
         else:
@@ -158,7 +169,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
         self._feedback = feedback.brief(
             self.task, self.settings, sandbox=self.sandbox.name,
             max_steps=self.max_steps, measured_on=self.baseline_measured_on,
-            containment=self.containment,
+            containment=self.containment, start=self.start_label,
         )  # fmt: skip
         obs = self._observation(None)
         info = {
@@ -273,10 +284,11 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
                 "reward": self.settings.reward, "verify": self.settings.level.value,
                 "repeats": self.settings.repeats, "fingerprint": self.baseline_measured_on,
                 "target_val_loss": self.settings.target_val_loss,
-                "curve_target": self.settings.curve_target}  # fmt: skip
+                "curve_target": self.settings.curve_target,
+                "start": self.start_label}  # fmt: skip
         record = EpisodeRecord(self.runs_dir, self.task.name, meta)
         store = RunStore(self.runs_dir)
-        self.episode = Episode(self.task, self.baseline, self.runner, record, store)
+        self.episode = Episode(self.task, self.start_script, self.runner, record, store)
         self._feedback = ""
 
     def _observation(

@@ -26,10 +26,10 @@ def brief(
     max_steps: int,
     measured_on: str = "",
     containment: str = "",
+    start: str = "baseline",
 ) -> str:
     """The task's brief: goal, target, rules, budget, and the baseline's numbers."""
     size = " (smoke size: a few-seconds version for tests)" if settings.smoke else ""
-    protected = "\n".join(f"  - [{r.name}]: {r.why}" for r in task.protected) or "  (none)"
     if settings.level is VerifyLevel.FULL:
         verify = (
             "The loss is re-measured by the harness: it loads your saved model through your "
@@ -55,16 +55,14 @@ def brief(
             f" Each step runs {settings.repeats} times; the target counts as met only if the "
             "mean loss is below it with p < 0.01 (one-sided t-test)."
         )
-    beside = (
-        f" (beside it, unchanged: {', '.join(f'`{m}`' for m in sorted(task.modules))})"
-        if task.modules
-        else ""
-    )
-    if task.data.record_layout:
-        beside += (
-            f"; the data is in NANOENV_DATA_DIR and also at `{task.data.record_layout}*.bin` in the"
-            " working directory, where the speedrun's records read it"
+    if settings.record_label != "baseline":
+        verify += (
+            f" The record to beat here is {settings.record_label} of the record book: "
+            f"{settings.record_train_time_s:.1f} s on this machine ({settings.record_time_ratio:.3f} "
+            "of the baseline's time)."
         )
+    if start != "baseline":
+        verify += f" This episode starts from {start}'s script (base=0)."
     return f"""# {task.title or task.id}{size}
 
 {task.description.strip()}
@@ -78,17 +76,33 @@ or nanoenv.Action(script=...) for a whole new script, with base=k to start from 
 script (0 = the baseline). Each step runs the script once, for at most {settings.timeout_s:.0f} s, in the
 `{sandbox}` sandbox. The episode is truncated after {max_steps} steps.
 
-Rules: only `{task.script}` may change{beside}; a patch is at most {task.max_patch_bytes:,} bytes. These
-protected regions must stay exactly as they are:
-{protected}
-The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),
-define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR.
+{rules_text(task)}
 
 How runs are measured: time by the harness's own clock, from the process's start until every
 process of the run has exited (evaluations, work after the last val line and saving included).
 {verify}
 Sandbox: {containment or sandbox}.
 """
+
+
+def rules_text(task: TaskSpec) -> str:
+    """The track's rules as the brief states them (a claim's rule reviewer reads the same)."""
+    protected = "\n".join(f"  - [{r.name}]: {r.why}" for r in task.protected) or "  (none)"
+    beside = (
+        f" (beside it, unchanged: {', '.join(f'`{m}`' for m in sorted(task.modules))})"
+        if task.modules
+        else ""
+    )
+    if task.data.record_layout:
+        beside += (
+            f"; the data is in NANOENV_DATA_DIR and also at `{task.data.record_layout}*.bin` in the"
+            " working directory, where the speedrun's records read it"
+        )
+    return f"""Rules: only `{task.script}` may change{beside}; a patch is at most {task.max_patch_bytes:,} bytes. These
+protected regions must stay exactly as they are:
+{protected}
+The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),
+define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR."""
 
 
 def _curve(result: RunResult) -> str:

@@ -40,6 +40,10 @@ class RunSettings:
     # The steps objective's yardstick (BaselineSpec.tokens) and the target on the reported curve.
     baseline_tokens: int | None = None
     curve_target: float | None = None
+    # The current record of the record book here (nanoenv.records.book), as a ratio of the
+    # baseline's time measured in its claim; 1.0 and "baseline" where there is none.
+    record_time_ratio: float = 1.0
+    record_label: str = "baseline"
 
     @classmethod
     def for_task(
@@ -76,10 +80,16 @@ class RunSettings:
         return self.level is VerifyLevel.NONE
 
     @property
+    def record_train_time_s(self) -> float:
+        """The current record's time on this machine: the paired baseline's, times its ratio."""
+        return self.baseline_train_time_s * self.record_time_ratio
+
+    @property
     def reward_context(self) -> RewardContext:
         return RewardContext(
-            self.target_val_loss, self.baseline_train_time_s, self.baseline_val_loss
-        )
+            self.target_val_loss, self.baseline_train_time_s, self.baseline_val_loss,
+            record_train_time_s=self.record_train_time_s,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class Resolved:
     settings: RunSettings
     max_steps: int
     measured_on: str
+    start_script: str = ""  # the episode's step 0: the baseline, or the record (start="record")
 
 
 def resolve(
@@ -107,13 +118,19 @@ def resolve(
     baseline: str | Path | None = None,
     paired_baseline: bool | None = None,
     overrides: dict[str, Any] | None = None,
+    start: str = "baseline",
+    runs_dir: str | Path | None = None,
 ) -> Resolved:
     """The run configuration from the user's arguments and the task, in this order: the task
     with the user's overrides, at its smoke size if asked; the user's own baseline (its
     modules travel beside it, and only the protected regions it marks are protected); the
     verification level (``log`` where the baseline defines no ``build_model``); the settings;
     the deadline; the baseline numbers paired to this machine where they were measured here
-    (``sandbox`` names the backend they were measured on)."""
+    (``sandbox`` names the backend they were measured on); the current record in ``runs_dir``'s
+    record book, where the episode starts from it (``start="record"``) or is rewarded against
+    it (``reward="record"``)."""
+    if start not in ("baseline", "record"):
+        raise ValueError(f"start must be 'baseline' or 'record', got {start!r}")
     spec = load_task(task, **(overrides or {}))
     if smoke:
         spec = smoke_task(spec)
@@ -134,7 +151,18 @@ def resolve(
     if timeout_s is not None:
         settings = dataclasses.replace(settings, timeout_s=float(timeout_s))
     settings, measured_on = _pair_baseline(spec, settings, paired_baseline, sandbox)
-    return Resolved(spec, script, settings, max_steps or spec.max_steps, measured_on)
+    start_script = script
+    if start == "record" or reward == "record":
+        from nanoenv.claims import current_record
+
+        record = current_record(Path(runs_dir or "nanoenv-runs"), spec, smoke, sandbox)
+        if record is not None:
+            settings = dataclasses.replace(
+                settings, record_time_ratio=record.time_ratio, record_label=record.label
+            )
+            if start == "record":
+                start_script = record.script
+    return Resolved(spec, script, settings, max_steps or spec.max_steps, measured_on, start_script)
 
 
 def _pair_baseline(

@@ -46,6 +46,20 @@ def make_env(tiny_data, tmp_path):
         env.close()
 
 
+@pytest.fixture(scope="module")
+def unstepped(tiny_data, tmp_path_factory):
+    """A smoke env that has run nothing: for refusals, which come before anything runs."""
+    import gymnasium as gym
+
+    import nanoenv  # noqa: F401
+
+    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, max_steps=1000, disable_env_checker=True,
+                   runs_dir=tmp_path_factory.mktemp("runs"))  # fmt: skip
+    env.reset(seed=0)
+    yield env
+    env.close()
+
+
 def _docker_missing(reason: str):
     """Fail where Docker is required (CI), skip elsewhere."""
     if REQUIRE_DOCKER:

@@ -128,6 +128,7 @@ def walk(tiny_data, tmp_path_factory):
     env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "action", "outcome", "message"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
 )
@@ -150,6 +151,7 @@ def test_bad_input_is_answered(walk, name, action, outcome, message):
         assert "The script was not run" in obs["feedback"]
 
 
+@pytest.mark.slow
 def test_crash_keeps_the_curve_so_far(walk):
     """The script that crashed halfway kept its two val points and the traceback."""
     result = walk.unwrapped.results[-1]
@@ -159,6 +161,7 @@ def test_crash_keeps_the_curve_so_far(walk):
     assert "RuntimeError: boom at step 7" in walk.render()
 
 
+@pytest.mark.slow
 def test_timed_out_run_was_killed_at_its_deadline(walk):
     """The endless script was stopped at the 8 s deadline, not later, keeping its first point."""
     timed = next(r for r in walk.unwrapped.results if r.outcome is Outcome.TIMED_OUT)
@@ -166,6 +169,7 @@ def test_timed_out_run_was_killed_at_its_deadline(walk):
     assert [p.step for p in timed.val_curve] == [0]
 
 
+@pytest.mark.slow
 def test_absurd_step_numbers_are_plain_log(walk):
     """Val lines with 400- and 5000-digit step numbers (once an OverflowError in the
     observation, and a dead reader thread) are plain log: the run goes on and is judged."""
@@ -181,6 +185,7 @@ def test_absurd_step_numbers_are_plain_log(walk):
     assert "9" * 400 in (Path(result.artifacts_dir) / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_env_works_normally_afterwards(walk):
     """After all of that, a real step from the baseline runs and meets the target."""
     obs, reward, _, _, info = walk.step(Action(diff="", base=0))

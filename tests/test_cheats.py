@@ -91,6 +91,7 @@ def assert_caught(result, honest_result, check: str | None = None):
 # --------------------------------------------------------------------------- the cheats
 
 
+@pytest.mark.slow
 def test_forged_log_lines(honest):
     """Reporting a val_loss lower than the model's: the re-evaluated loss disagrees."""
     env, ok = honest
@@ -98,6 +99,7 @@ def test_forged_log_lines(honest):
     assert_caught(result, ok, "reported_matches")
 
 
+@pytest.mark.slow
 def test_great_curve_without_training(honest):
     """Printing a beautiful curve and saving an untrained model."""
     env, ok = honest
@@ -117,6 +119,7 @@ def test_great_curve_without_training(honest):
     assert_caught(result, ok, "reported_matches")
 
 
+@pytest.mark.slow
 def test_frozen_clock(honest):
     """Freezing time.perf_counter and time.time: the script reports ~0 s, the harness knows."""
     env, ok = honest
@@ -128,6 +131,7 @@ def test_frozen_clock(honest):
     assert_caught(result, ok, "reported_time")
 
 
+@pytest.mark.slow
 def test_training_on_the_reported_val_tokens(honest):
     """Training on the val tokens the script reports on: they score far better than public val
     at large, and the hidden loss does not follow either."""
@@ -142,6 +146,7 @@ def test_training_on_the_reported_val_tokens(honest):
     assert gap["public_loss"] - gap["reported_region_loss"] > 0.5, gap  # measured: 0.77
 
 
+@pytest.mark.slow
 def test_training_on_all_public_val(honest):
     """Training on the whole public val split gains nothing over training on train: it is the
     same distribution and too big to memorize here, so hidden val follows (hidden_gap holds)
@@ -157,6 +162,7 @@ def test_training_on_all_public_val(honest):
     assert result.outcome is not Outcome.REJECTED and result.verdict.verified, result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
 def test_searching_for_the_hidden_tokens(honest, sandbox, request, tmp_path):
     """Looking for the hidden val shard while training: it is not there to find."""
@@ -194,6 +200,7 @@ def test_searching_for_the_hidden_tokens(honest, sandbox, request, tmp_path):
     assert result.verdict.verified and abs(result.val_loss - ok.val_loss) < 0.05
 
 
+@pytest.mark.slow
 def test_model_that_looks_at_future_tokens(honest):
     """Attention without the causal mask: the causality check sees later tokens move earlier logits."""
     env, ok = honest
@@ -202,6 +209,7 @@ def test_model_that_looks_at_future_tokens(honest):
     assert_caught(result, ok, "causality")
 
 
+@pytest.mark.slow
 def test_model_that_caches_across_calls(honest):
     """A model that adapts to what it saw in earlier evaluation calls: the determinism check."""
     env, ok = honest
@@ -216,13 +224,14 @@ def test_model_that_caches_across_calls(honest):
     assert_caught(result, ok, "determinism")
 
 
-def test_editing_a_protected_region(honest):
+def test_editing_a_protected_region(unstepped):
     """Shrinking the val token count (protected): refused before anything runs."""
-    env, _ = honest
+    env = unstepped
     result = step(env, edit(("VAL_TOKENS = 16384", "VAL_TOKENS = 1024")))
     assert result.outcome is Outcome.REJECTED and "protected region [data]" in result.message
 
 
+@pytest.mark.slow
 def test_writing_into_the_data_dir(honest):
     """Rewriting a train shard: the read-only mount refuses; the run goes on honestly."""
     env, ok = honest
@@ -242,6 +251,7 @@ def test_writing_into_the_data_dir(honest):
     verify_dataset(dataset_root("tiny-shakespeare-bytes"))
 
 
+@pytest.mark.slow
 def test_data_write_past_a_weak_sandbox_is_caught(tiny_data, tmp_path, monkeypatch):
     """Where the sandbox cannot make the data read-only, the sha256 check catches the write,
     rejects the step, and rebuilds the data so the next step is normal."""
@@ -267,6 +277,7 @@ def test_data_write_past_a_weak_sandbox_is_caught(tiny_data, tmp_path, monkeypat
     env.close()
 
 
+@pytest.mark.slow
 def test_checkpoint_that_unpickles_code(honest, tmp_path):
     """A pickle posing as model.safetensors is never unpickled: it fails to load, and its code
     never runs."""
@@ -282,6 +293,7 @@ def test_checkpoint_that_unpickles_code(honest, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_build_model_that_is_not_the_trained_model(honest):
     """build_model returns a different model than the one trained and saved."""
     env, ok = honest
@@ -293,6 +305,7 @@ def test_build_model_that_is_not_the_trained_model(honest):
     assert_caught(result, ok, "model_loads")
 
 
+@pytest.mark.slow
 def test_work_before_the_timed_window(honest):
     """Training before the step-0 val line: that time is charged, so nothing is gained."""
     env, ok = honest
@@ -319,6 +332,7 @@ def test_work_before_the_timed_window(honest):
 # --------------------------------------------------------------------------- legitimate ideas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch", sorted(PATCHES.glob("*.diff")), ids=lambda p: p.stem)
 def test_legitimate_improvements_pass_every_check(honest, patch):
     """The speedrun's ideas, each a patch, run verified with no check failing."""

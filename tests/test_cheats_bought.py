@@ -82,6 +82,7 @@ def _train_after_the_last_val_line() -> Action:
     ))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", ["local", DOCKER])
 def test_training_after_the_last_val_line_is_timed(honest, sandbox, request, tmp_path):
     """The "final" val line comes right after step 0 and the real training after it: the
@@ -99,6 +100,7 @@ def test_training_after_the_last_val_line_is_timed(honest, sandbox, request, tmp
         assert result.train_time_s > ok.train_time_s
 
 
+@pytest.mark.slow
 def test_a_fake_early_point_buys_nothing_at_budget(tiny_data, tmp_path):
     """loss_at_budget once read the script's own curve: a low point printed early, then a
     sleep past the budget. Now it is the verified loss of the saved model, and a run that ends
@@ -154,6 +156,7 @@ def _lookup_model(windows: str, boost: float) -> Action:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sandbox", "windows", "boost"),
     [
@@ -181,6 +184,7 @@ def test_memorising_val_tokens_earns_nothing(honest, sandbox, windows, boost, re
     assert result.val_loss > ok.val_loss - 0.05
 
 
+@pytest.mark.slow
 def test_memorising_the_region_buys_nothing_at_budget(tiny_data, tmp_path):
     """Under loss_at_budget every nat of loss is reward: the memorised region once paid its
     whole drop. The reward's loss is the hidden one, so it pays what an honest run does."""
@@ -205,6 +209,7 @@ def test_memorising_the_region_buys_nothing_at_budget(tiny_data, tmp_path):
         assert cheat.reward == pytest.approx(ctx.baseline_val_loss - cheat.val_loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", ["local", DOCKER])
 def test_the_verifier_cannot_read_host_data(honest, sandbox, request, tmp_path):
     """build_model, run by the verifier, loads the val and hidden shards from the host (by a
@@ -230,6 +235,7 @@ def test_the_verifier_cannot_read_host_data(honest, sandbox, request, tmp_path):
         assert_caught(by_path, ok)
 
 
+@pytest.mark.slow
 def test_a_fixed_seed_under_repeats_is_rejected(tiny_data, tmp_path):
     """A script that ignores NANOENV_SEED repeats one run: identical losses are no evidence
     (sd 0 is not p = 0), so the step is rejected rather than passed by the t-test."""
@@ -247,6 +253,7 @@ def test_a_fixed_seed_under_repeats_is_rejected(tiny_data, tmp_path):
 # --------------------------------------------------------------------------- the sandbox
 
 
+@pytest.mark.slow
 def test_the_paired_baseline_cannot_be_poisoned(honest, tmp_path):
     """A job writes a fake, slow baseline where the paired baselines are cached, so that every
     later honest run would earn +5: the host's files are read-only to a job."""
@@ -271,6 +278,31 @@ def test_the_paired_baseline_cannot_be_poisoned(honest, tmp_path):
     assert_caught(result, ok)
 
 
+@pytest.mark.slow
+def test_the_record_book_cannot_be_forged(honest):
+    """A job inserts a slow "record" into its runs folder's record book, so that
+    reward="record" would pay every later run: runs.sqlite is a host file, read-only to a job."""
+    from nanoenv.records.book import RecordBook
+
+    env, ok = honest
+    db = (env.unwrapped.runs_dir / "runs.sqlite").resolve()
+    result = step(env, edit(at_main(f"""
+        try:
+            import sqlite3
+            con = sqlite3.connect({str(db)!r})
+            con.execute("INSERT INTO record_book VALUES ('Speedrun-Tiny-v0', 1, 'x', 0, 's', 'h', "
+                        "10000.0, 1.0, 100.0, NULL, 'then', '{{}}')")
+            con.commit()
+            print("FORGED", flush=True)
+        except Exception as e:
+            print("REFUSED", type(e).__name__, e, flush=True)
+    """)))  # fmt: skip
+    assert "REFUSED" in (Path(result.artifacts_dir) / "log.txt").read_text()
+    assert RecordBook(env.unwrapped.runs_dir).books() == []
+    assert_caught(result, ok)
+
+
+@pytest.mark.slow
 def test_no_way_out_through_proc(honest):
     """The harness's pid is not in the job's environment, and /proc is the job's own: no
     /proc/<pid>/root leads to the hidden shard or lets the job write the data."""
@@ -293,6 +325,7 @@ def test_no_way_out_through_proc(honest):
     assert_caught(result, ok)
 
 
+@pytest.mark.slow
 def test_an_escaped_daemon_dies_with_its_run(honest, tmp_path):
     """A child started with setsid and an empty environment (no job marker) outlives nothing:
     it dies with the run (it once woke up afterwards and wrote where it liked), and the next
@@ -326,6 +359,7 @@ def _cmdline_has(pid: str, tag: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_out_dir_bloat_is_dropped_and_said(honest):
     """A 1 GiB sparse file and 20,000 small files in the out dir: the host keeps the model
     files and a capped few, and the feedback says what was dropped."""
@@ -360,23 +394,24 @@ def test_out_dir_bloat_is_dropped_and_said(honest):
     ],
     ids=["lambda", "def", "constant", "globals", "attribute"],
 )
-def test_a_protected_name_cannot_be_rebound(honest, rebinding):
+def test_a_protected_name_cannot_be_rebound(unstepped, rebinding):
     """Keeping a protected region byte for byte and redefining one of its names below it is
     refused before anything runs."""
-    env, _ = honest
+    env = unstepped
     anchor = "# --- nanoenv: protected end [log] ---\n"
     result = step(env, edit((anchor, anchor + "\n" + textwrap.dedent(rebinding) + "\n")))
     assert result.outcome is Outcome.REJECTED, result.message
     assert "which a protected region defines" in result.message
 
 
-def test_shadowing_inside_a_function_is_refused_too(honest):
+def test_shadowing_inside_a_function_is_refused_too(unstepped):
     """A local of the same name would change what main() calls: refused as well."""
-    env, _ = honest
+    env = unstepped
     result = step(env, edit(at_main("evaluate = lambda *a: 0.5")))
     assert result.outcome is Outcome.REJECTED and "`evaluate`" in result.message
 
 
+@pytest.mark.slow
 def test_honest_names_of_ones_own_pass(honest):
     """The check refuses rebinding only: reading the protected names, and new names, are fine."""
     env, _ = honest

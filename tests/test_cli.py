@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nanoenv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_smoke(tiny_data, tmp_path, capsys):
     """`nanoenv demo --smoke`: baseline and the Muon patch, a table, a PNG, the last feedback."""
     assert main(["demo", "--smoke", "--runs-dir", str(tmp_path)]) == 0
@@ -23,6 +26,7 @@ def test_demo_smoke(tiny_data, tmp_path, capsys):
     assert "The last step's feedback" in out and "Step 2 (from step 1): ok" in out
 
 
+@pytest.mark.slow
 def test_run_smoke_prints_val_lines(tiny_data, tmp_path, capsys):
     """`nanoenv run --smoke` prints the val_loss lines and the feedback, exit code 0."""
     assert main(["run", "--smoke", "--runs-dir", str(tmp_path)]) == 0

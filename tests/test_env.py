@@ -69,6 +69,7 @@ def test_a_candidate_track_loads_from_its_folder_unregistered(tmp_path):
     assert task.target_val_loss == load_task("Speedrun-Tiny-v0").target_val_loss
 
 
+@pytest.mark.slow
 def test_a_task_built_in_code_runs_as_given(tiny_data, tmp_path):
     """A TaskSpec (a loaded task at another size) is a task too: overrides are validated the
     same way, and the env runs that task, not the registered one of the same id."""
@@ -108,6 +109,7 @@ def test_reset_returns_brief_and_baseline(make_env):
     assert info["task"] == "Speedrun-Tiny-v0"
 
 
+@pytest.mark.slow
 def test_a_real_step_end_to_end(make_env):
     """A no-op reruns the baseline: a real run, a curve, a reward, every artifact on disk."""
     env = make_env()
@@ -153,6 +155,7 @@ def test_a_real_step_end_to_end(make_env):
     assert [s["t"] for s in stamped] == sorted(s["t"] for s in stamped)
 
 
+@pytest.mark.slow
 def test_edits_accumulate_and_branch(make_env):
     """Diffs apply to the previous step's script; base=k branches from step k."""
     # patching is under test here, not training: the fake sandbox replays a log
@@ -182,6 +185,7 @@ def test_truncates_after_max_steps(make_env):
     assert obs["script"] == BASELINE and env.unwrapped.results == []
 
 
+@pytest.mark.slow
 def test_async_vector_env_runs_two_at_once(tiny_data, tmp_path):
     """gymnasium's AsyncVectorEnv with 2 envs, default shared memory, real runs in both."""
     fns = [
@@ -203,6 +207,7 @@ def test_async_vector_env_runs_two_at_once(tiny_data, tmp_path):
         envs.close()
 
 
+@pytest.mark.slow
 def test_unicode_survives_vector_shared_memory(tiny_data, tmp_path):
     """A script with non-ASCII text comes back intact through AsyncVectorEnv's shared memory."""
     script = BASELINE.replace("# Hyperparameters", "# Hyperparameters — ReLU² später 🚀")

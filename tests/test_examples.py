@@ -23,12 +23,14 @@ def run(script: str, *args: str, env: dict | None = None, cwd: Path) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 def test_quickstart(tiny_data, tmp_path):
     """make, reset, one patch, the observation printed."""
     out = run("quickstart.py", "--smoke", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert "Goal: reach val_loss" in out and "outcome=" in out and "VERIFIED" in out
 
 
+@pytest.mark.slow
 def test_replay_speedrun_history(tiny_data, tmp_path):
     """The first ideas of the history, in order, each measured; JSON and frontier written."""
     out = run("replay_speedrun_history.py", "--smoke", "--limit", "2", "--json", "h.json", "--png", "f.png",
@@ -41,6 +43,7 @@ def test_replay_speedrun_history(tiny_data, tmp_path):
     assert len(sorted((EXAMPLES / "history").glob("*.diff"))) >= 6
 
 
+@pytest.mark.slow
 def test_search_agent(tiny_data, tmp_path):
     """Hill climbing through patches: each proposal runs; the best is reported."""
     out = run(
@@ -55,6 +58,7 @@ def test_search_agent(tiny_data, tmp_path):
     assert out.count("step ") >= 2 and "best: step" in out
 
 
+@pytest.mark.slow
 def test_rl_vector(tiny_data, tmp_path):
     """Two async envs and a random policy over discrete moves."""
     out = run(
@@ -119,6 +123,7 @@ def fake_llm():
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_llm_agent_against_a_stand_in_server(tiny_data, tmp_path, fake_llm):
     """The agent loop talks OpenAI's chat format; its diffs become real, verified steps."""
     env = {

@@ -39,6 +39,7 @@ def test_tracks_are_the_speedruns(env_id):
     assert {r.name for r in task.protected} == {"data", "log"}
 
 
+@pytest.mark.slow
 def test_smoke_run_from_the_cli_local(gpt2_data, tmp_path, capsys):
     """`nanoenv run --env ... --smoke`: 2 processes under torchrun (gloo), val lines, verified."""
     code = cli_main(
@@ -51,6 +52,7 @@ def test_smoke_run_from_the_cli_local(gpt2_data, tmp_path, capsys):
     assert "2 process(es) on cpu" in log
 
 
+@pytest.mark.slow
 @pytest.mark.docker
 def test_smoke_run_in_docker(gpt2_data, docker_image, tmp_path):
     """The 8xH100 track's smoke size in the docker sandbox: the same processes, verified."""
@@ -118,6 +120,7 @@ BYO = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_bring_your_own_baseline(gpt2_data, tmp_path):
     """A user's script as the baseline: it runs at verification level `log`, its curve parses,
     and the feedback says plainly that it is unverified."""
@@ -137,6 +140,7 @@ def test_bring_your_own_baseline(gpt2_data, tmp_path):
     assert result.val_loss == result.reported_val_loss
 
 
+@pytest.mark.slow
 def test_audited_verification_scores_every_position_and_catches_a_tampered_log_softmax(
     gpt2_data, tmp_path
 ):
@@ -166,6 +170,7 @@ def test_audited_verification_scores_every_position_and_catches_a_tampered_log_s
     assert "audit" in [c.name for c in cheat.verdict.failed], cheat.message
 
 
+@pytest.mark.slow
 def test_a_crashed_torchrun_job_shows_the_workers_exception(gpt2_data, tmp_path):
     """A script that fails in rank 0 under torchrun: the message and the feedback give the
     worker's exception and its frames, not only the launcher's ChildFailedError summary."""
@@ -241,6 +246,7 @@ def test_the_loader_counts_what_the_baseline_needs_against_the_shards(tmp_path, 
     )
 
 
+@pytest.mark.slow
 def test_a_run_that_needs_more_data_than_there_is_stops_before_training(gpt2_data, tmp_path):
     """Through the env: a script that asks for more steps than the smoke data holds ends
     before its first step, and the agent is told why."""
@@ -300,6 +306,7 @@ RECORD_ERAS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("era", list(RECORD_ERAS))
 @pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
 def test_a_record_folder_runs_as_the_baseline_as_it_is(gpt2_data, tmp_path, sandbox, era, request):

@@ -21,6 +21,7 @@ def gpt2_data():
     return prepare("shakespeare-gpt2")
 
 
+@pytest.mark.slow
 def test_the_check_trains_verifies_and_reports_on_the_cpu_path(gpt2_data, tmp_path):
     out = tmp_path / "check.json"
     proc = subprocess.run(
@@ -40,6 +41,7 @@ def test_the_check_trains_verifies_and_reports_on_the_cpu_path(gpt2_data, tmp_pa
     assert "the GPU path trained and verified" in proc.stdout
 
 
+@pytest.mark.slow
 def test_without_a_gpu_the_check_says_so_and_fails(tmp_path):
     out = tmp_path / "check.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--json", str(out)],

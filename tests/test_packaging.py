@@ -34,6 +34,7 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("nanoenv-*.whl"))
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_data_rooms(wheel):
     """Task files, the sandbox build context and the patches are package data."""
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -44,6 +45,7 @@ def test_wheel_carries_the_data_rooms(wheel):
     assert "nanoenv/data/tiny_bpe1k.json" in names  # the v1 candidate's tokenizer
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_the_tiny_track(wheel, tiny_data, tmp_path):
     """Installed from the wheel alone (outside the repo), a smoke step of the tiny track runs."""
     target = tmp_path / "site"

@@ -90,6 +90,7 @@ def _host_processes(tag: str) -> list[str]:
     return [ln for ln in out.splitlines() if tag in ln and "ps -eo" not in ln]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", [DOCKER, pytest.param("local", marks=pytest.mark.skipif(
     os.geteuid() == 0, reason="the local sandbox cannot cap processes of root"))])  # fmt: skip
 def test_fork_bomb(run_probe, sandbox):
@@ -114,6 +115,7 @@ def test_fork_bomb(run_probe, sandbox):
     assert subprocess.run(["true"]).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_memory_bomb(run_probe, sandbox):
     """Allocating without end ends the run as out of memory, not the host."""
@@ -125,6 +127,7 @@ def test_memory_bomb(run_probe, sandbox):
     assert result.outcome is Outcome.CRASHED and "out of memory" in result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", [DOCKER])
 def test_filling_tmp(run_probe, sandbox):
     """/tmp is a capped tmpfs: writing without end gets ENOSPC; the host's /tmp is untouched."""
@@ -158,6 +161,7 @@ WRITES = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_writing_data_and_root(run_probe, sandbox):
     """Neither the data (both sandboxes) nor the root fs (docker) can be written."""
@@ -169,6 +173,7 @@ def test_writing_data_and_root(run_probe, sandbox):
     assert len(lines) == len(targets) and all(ln.startswith("refused") for ln in lines), lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_a_download_fails_with_a_message_that_names_it(run_probe, sandbox):
     """A script that fetches at import (as the current records fetch a kernel and tiktoken's
@@ -184,6 +189,7 @@ def test_a_download_fails_with_a_message_that_names_it(run_probe, sandbox):
     assert "ship it beside the script" in result.message
 
 
+@pytest.mark.slow
 def test_tiktoken_s_download_is_named(run_probe):
     """The current record's tokenizer fetch, in the local sandbox (where tiktoken is installed)."""
     result, _ = run_probe("local", probe("""
@@ -197,6 +203,7 @@ def test_tiktoken_s_download_is_named(run_probe):
     assert "openaipublic.blob.core.windows.net" in result.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_network(run_probe, sandbox):
     """There is no interface but loopback, and no connection leaves the machine."""
@@ -214,6 +221,7 @@ def test_network(run_probe, sandbox):
     assert [ln.split()[0] for ln in lines[1:]] == ["refused"] * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", [DOCKER])
 def test_reading_host_files(run_probe, sandbox, private_data):
     """The host's files (its home, the hidden val shard, the dataset root) are not in reach."""
@@ -233,6 +241,7 @@ def test_reading_host_files(run_probe, sandbox, private_data):
     assert lines[-1] != f"hostname {socket.gethostname()}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", [DOCKER])
 def test_privileges(run_probe, sandbox):
     """No capability, no-new-privileges set, setuid binaries and setuid() give nothing."""
@@ -258,6 +267,7 @@ def test_privileges(run_probe, sandbox):
     assert all(not ln.endswith("exit 0") for ln in lines[3:]), lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_lingering_processes(run_probe, sandbox):
     """A child that ignores SIGTERM and a double-forked daemon do not outlive the deadline."""
@@ -278,6 +288,7 @@ def test_lingering_processes(run_probe, sandbox):
     assert _host_processes(tag) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_stdout_flood(run_probe, sandbox):
     """A gigabyte to stdout is cut at the output cap; the log on disk stays small."""
@@ -293,6 +304,7 @@ def test_stdout_flood(run_probe, sandbox):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_symlink_in_out_dir(run_probe, sandbox):
     """A link to a host file left in the out dir is not followed or copied; real files are."""
@@ -308,6 +320,7 @@ def test_symlink_in_out_dir(run_probe, sandbox):
     assert not any(p.is_symlink() for p in out.rglob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sandbox", BOTH)
 def test_next_step_is_normal(run_probe, sandbox):
     """After the probes, a normal step runs and meets the target."""

@@ -26,6 +26,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_killed_harness_leaves_an_interrupted_step_and_no_process(tiny_data, tmp_path, capsys):
     """SIGKILL the harness mid-run: the step's folder stays (no result.json) and the job dies too."""
     runs = tmp_path / "runs"
@@ -80,6 +81,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)])
 
 
+@pytest.mark.slow
 def test_full_disk_is_an_infra_error_and_recoverable(make_env, small_disk):
     """With the runs disk full a step is infra_error (no penalty); once space is freed, steps work."""
     env = make_env(runs_dir=small_disk / "runs", verify="none")

@@ -87,6 +87,7 @@ def test_no_gpu_no_device_request(docker_client, docker_image, tmp_path):
     assert "device_requests" not in config
 
 
+@pytest.mark.slow
 def test_runs_streams_and_copies_out_safely(docker_client, docker_image, tmp_path, no_leftovers):
     """Lines stream with stamps; out files (and hard links among them) come back; a symlink to a
     host file does not."""
@@ -114,6 +115,7 @@ def test_runs_streams_and_copies_out_safely(docker_client, docker_image, tmp_pat
     assert any("passwd" in n for n in result.notes)
 
 
+@pytest.mark.slow
 def test_a_job_asking_for_more_cpus_than_the_host_has_gets_all_of_them(
     docker_client, docker_image, no_leftovers
 ):
@@ -127,6 +129,7 @@ def test_a_job_asking_for_more_cpus_than_the_host_has_gets_all_of_them(
     assert [ln.text for ln in result.lines] == [f"threads {host}"]
 
 
+@pytest.mark.slow
 def test_the_out_dir_holds_all_a_job_may_leave(docker_client, docker_image, tmp_path, no_leftovers):
     """/work was a 2 GiB tmpfs whatever the job's max_out_bytes: the verifier's worker, allowed
     8 GiB of logits, failed with "Not enough free space" past 2 GiB and every run was rejected.
@@ -148,6 +151,7 @@ def test_the_out_dir_holds_all_a_job_may_leave(docker_client, docker_image, tmp_
     assert (tmp_path / "out" / "logits.npy").stat().st_size == size
 
 
+@pytest.mark.slow
 def test_torch_compile_builds_its_kernels_in_the_sandbox(docker_client, docker_image, no_leftovers):
     """The baseline of the GPU tracks calls torch.compile, which builds kernels at run time; the
     image had no compiler, so every compiled run would crash in warm-up. Inductor on the CPU
@@ -172,6 +176,7 @@ def test_torch_compile_builds_its_kernels_in_the_sandbox(docker_client, docker_i
     assert said.startswith("max diff") and float(said.split()[-1]) < 1e-4, text
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_reported(docker_client, docker_image, no_leftovers):
     """Allocating past the memory limit: OOM-killed, and the result says so."""
     job = _job(
@@ -181,6 +186,7 @@ def test_out_of_memory_is_reported(docker_client, docker_image, no_leftovers):
     assert result.oom and not result.ok
 
 
+@pytest.mark.slow
 def test_deadline_from_the_host(docker_client, docker_image, no_leftovers):
     """A job that never ends is killed at its deadline by the host."""
     result = DockerSandbox(image=docker_image, client=docker_client).run(
@@ -207,6 +213,7 @@ def test_unreachable_daemon_is_infra_error_in_the_env(make_env, monkeypatch):
     assert "costs nothing" in obs["feedback"]
 
 
+@pytest.mark.slow
 def test_sweeps_containers_of_dead_processes(docker_client, docker_image):
     """A container left by a process of this host that died is removed when a sandbox starts
     work; one owned by a live process stays until `nanoenv sandbox clean --all`."""
@@ -225,6 +232,7 @@ def test_sweeps_containers_of_dead_processes(docker_client, docker_image):
     assert docker_client.containers.list(all=True, filters={"label": LABEL}) == []
 
 
+@pytest.mark.slow
 def test_docker_and_local_agree(make_env, docker_image, no_leftovers):
     """The same seed gives the same curve in both sandboxes (same torch, same data)."""
     curves = {}

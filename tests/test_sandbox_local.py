@@ -53,6 +53,7 @@ def test_crash_keeps_output_and_exit_code():
     assert result.lines[0].text == "step:1/2 val_loss:3.0"
 
 
+@pytest.mark.slow
 def test_deadline_kills_the_whole_group_and_escaped_daemons():
     """At the deadline, the script, a child that ignores SIGTERM and a setsid daemon all die."""
     tag = "nanoenv-probe-deadline"

@@ -82,6 +82,7 @@ def sleeper(tag: str, seconds: int = 120) -> Action:
 # --------------------------------------------------------------------------- submit
 
 
+@pytest.mark.slow
 def test_submit_returns_at_once_and_results_arrive(make_env):
     """submit() returns a handle before the run ends; result() gives step()'s five values.
     (The run is the fake sandbox's, 3 s long: the handle is the subject, not training.)"""
@@ -95,6 +96,7 @@ def test_submit_returns_at_once_and_results_arrive(make_env):
     assert obs["outcome"] == "ok" and reward == info["result"].reward
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_run_and_costs_nothing(make_env):
     """cancel() kills a running step: infra_error, reward 0, no process left behind."""
     env = make_env(verify="none")
@@ -108,6 +110,7 @@ def test_cancel_stops_the_run_and_costs_nothing(make_env):
     assert _wait_for(lambda: not _tagged("nanoenv-cancel-probe"), 10)
 
 
+@pytest.mark.slow
 def test_close_stops_a_running_step_before_it_closes_the_sandbox(make_env):
     """close() cancels what runs, waits for it, then closes the sandbox: no job outlives the
     env, and the step still ends (infra_error, no cost) with its record on disk. Before, close()
@@ -152,6 +155,7 @@ def test_gpu_pool_never_shares_between_threads(tmp_path):
         assert sorted(ids) == [0, 1, 2, 3]  # all released
 
 
+@pytest.mark.slow
 def test_gpus_held_by_a_crashed_process_are_released(tmp_path):
     """Another process holding GPUs blocks them; killing it frees them at once."""
     code = textwrap.dedent(
@@ -178,6 +182,7 @@ def test_gpus_held_by_a_crashed_process_are_released(tmp_path):
         holder.kill()
 
 
+@pytest.mark.slow
 def test_jobs_get_their_own_gpu_ids(make_env, monkeypatch, tmp_path):
     """Through the runner, two jobs asking for 2 GPUs each see disjoint CUDA_VISIBLE_DEVICES."""
     monkeypatch.setenv("NANOENV_GPU_IDS", "0,1,2,3")
@@ -233,6 +238,7 @@ def test_cpu_pool_gives_each_job_its_cores(tmp_path):
         pool.acquire(1, cancel=cancel)
 
 
+@pytest.mark.slow
 def test_timed_runs_in_two_envs_never_share_the_cores(make_env, monkeypatch):
     """Two envs step at once: the second run waits for the first's cores, so neither's time
     measures its neighbour; the wait is in the telemetry and not in the run's time."""
@@ -254,6 +260,7 @@ def test_timed_runs_in_two_envs_never_share_the_cores(make_env, monkeypatch):
 # --------------------------------------------------------------------------- paired baselines
 
 
+@pytest.mark.slow
 def test_paired_baseline_is_measured_cached_and_reported(tiny_data, tmp_path, monkeypatch):
     """The baseline timed here is cached by fingerprint; envs then compare against it and say so."""
     from nanoenv import baselines
@@ -295,6 +302,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_four_smoke_jobs_on_a_local_ray_cluster(ray_cluster, tiny_data, tmp_path):
     """Four steps in flight through sandbox="ray": each verified, lines streamed back live."""
     points: list[tuple[int, int]] = []
@@ -315,6 +323,7 @@ def test_four_smoke_jobs_on_a_local_ray_cluster(ray_cluster, tiny_data, tmp_path
     assert {step for step, _ in points} == {1, 2, 3, 4}
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_is_an_infra_error_and_the_rest_go_on(ray_cluster, tiny_data, tmp_path):
     """Kill the Ray worker running one step: that step is infra_error, nothing it ran is left,
     and the step running beside it finishes normally."""

@@ -39,6 +39,7 @@ def episode(tiny_data, tmp_path_factory):
     return runs, folder, results
 
 
+@pytest.mark.slow
 def test_every_step_is_indexed(episode, capsys):
     """One row per step with its verified numbers; `nanoenv runs list` shows them."""
     runs, folder, results = episode
@@ -55,6 +56,7 @@ def test_every_step_is_indexed(episode, capsys):
     assert folder.name in out and "patch_failed" in out
 
 
+@pytest.mark.slow
 def test_leaderboard_and_frontier(episode, capsys):
     """The leaderboard ranks verified runs that met the target by time; the frontier keeps the
     runs no other beats on both time and loss."""
@@ -129,6 +131,7 @@ def test_a_killed_step_shows_as_interrupted(tiny_data, tmp_path, capsys):
     assert "interrupted" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_store_survives_concurrent_writers(tmp_path):
     """Several processes writing at once (vector envs) all land their rows."""
     code = textwrap.dedent(
@@ -152,6 +155,7 @@ def test_store_survives_concurrent_writers(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_trajectory_replays(episode, tmp_path, capsys):
     """`nanoenv replay` runs an episode's actions again, with its seeds, and compares."""
     _, folder, results = episode
@@ -168,6 +172,7 @@ def test_trajectory_replays(episode, tmp_path, capsys):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("NANOENV_REQUIRE_BROWSER") != "1", reason="no Chromium here"
 )
@@ -190,3 +195,22 @@ def test_html_report_renders_in_a_browser(episode, tmp_path):
     assert pixels.std() > 20  # not a blank page
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # plots, not just text
     assert (pixels.sum(-1) < 200).mean() > 0.001  # some dark text
+
+
+def test_plots_draw_curves_and_the_frontier(tmp_path):
+    """The PNGs the report embeds: loss curves of two runs, and every run with its frontier."""
+    from nanoenv import Outcome, RunResult
+    from nanoenv.records.plots import plot_curves, plot_frontier
+    from nanoenv.types import LossPoint
+
+    def run(final: float) -> RunResult:
+        curve = [LossPoint(step=s, val_loss=5.5 - (5.5 - final) * s / 20, train_time_ms=100.0 * s)
+                 for s in (0, 10, 20)]  # fmt: skip
+        return RunResult(step=1, outcome=Outcome.OK, curve=curve)
+
+    curves = plot_curves([("a", run(3.2)), ("b", run(3.0)), ("empty", RunResult(step=3, outcome=Outcome.CRASHED))],
+                         tmp_path / "curves.png", target=3.3, title="two runs")  # fmt: skip
+    front = plot_frontier([("a", 2.0, 3.2), ("b", 3.0, 3.0), ("dominated", 3.5, 3.3)],
+                          tmp_path / "front.png", target=3.3)  # fmt: skip
+    for png in (curves, front):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

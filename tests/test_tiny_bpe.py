@@ -25,6 +25,7 @@ def _split_bytes(root, manifest, split: str, *, dtype) -> np.ndarray:
     return np.concatenate([read_shard(root / f) for f in manifest.split_files(split)]).astype(dtype)
 
 
+@pytest.mark.slow
 def test_committed_tokenizer_is_trained_on_train_alone():
     """Retraining on the train split's chunks gives the committed file: no val text chose a merge,
     and the file is reproducible from the plays."""

@@ -124,6 +124,7 @@ def test_significance_is_a_one_sided_t_test():
     assert math.isclose(single.mean, 3.0)
 
 
+@pytest.mark.slow
 def test_repeats_in_the_env(make_env):
     """repeats=2: two verified runs with harness seeds, their mean, std and p in one result."""
     env = make_env(repeats=2)
@@ -250,3 +251,60 @@ def test_model_config_must_be_plain(tmp_path):
         path.write_text(text)
         found = config_problem(path)
         assert (found is None) if problem is None else (problem in found), (text[:40], found)
+
+
+def test_the_worker_returns_the_trained_models_own_logits(tmp_path):
+    """verify_worker.py, run as the verifier runs it (a fresh process, the candidate's script
+    beside the checkpoint): its logits are the model's forward on the harness's windows, and a
+    checkpoint that is not the model build_model makes is refused."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    from nanoenv.judging.verifier import WORKER
+
+    root = Path(__file__).resolve().parents[1]
+    spec = _import_script(root / "envs" / "tiny" / "train.py")
+    config = {"vocab_size": 256, "n_layer": 1, "n_head": 2, "n_embd": 16, "seq_len": 32}
+    model = spec.build_model(config)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "train.py").write_text((root / "envs" / "tiny" / "train.py").read_text())
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+              inp / "model.safetensors")  # fmt: skip
+    (inp / "model.json").write_text(json.dumps(config))
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 32)).astype(np.int64)
+    np.savez(inp / "inputs.npz", x=x)
+    (inp / "plan.json").write_text(json.dumps({"script": "train.py", "batch_size": 2}))
+
+    def work() -> subprocess.CompletedProcess:
+        env = {**os.environ, "NANOENV_INPUT_DIR": str(inp), "NANOENV_OUT_DIR": str(out)}
+        return subprocess.run([sys.executable, str(WORKER)], env=env, cwd=inp, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    done = work()
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.load(out / "logits.npy"), want, rtol=1e-5, atol=1e-5)
+
+    wrong = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    wrong["wte.weight"] = wrong["wte.weight"][:, :8].contiguous()  # another model's shape
+    save_file(wrong, inp / "model.safetensors")
+    done = work()
+    assert done.returncode != 0
+    assert json.loads((out / "report.json").read_text())["error"]
+
+
+def _import_script(path: Path):
+    """The tiny baseline script, imported as a module (its training guarded by __main__)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_baseline_for_worker_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

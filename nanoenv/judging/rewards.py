@@ -17,6 +17,14 @@ the exit of its last process). Nothing the script printed, its curve included, m
   counts when verified, or under ``verify="none"`` when it trained). The frontier starts at
   the baseline, and a new run is scored as if 0.005 nats worse and 5 % slower than it was, so a
   re-run or a cosmetic edit of a script on the frontier earns nothing from a lucky seed.
+- ``record``: positive only for a run that beats the current record of the record book
+  (nanoenv.records.book) on this machine: the target met by the rule in force and a harness
+  time more than 5 % below the record's, ``log(record time / time)``; 0 for a run that meets
+  the target no faster; a miss is penalised as under ``time_to_target``. The record's time
+  here is the baseline's paired time times the record's time ratio (measured against the
+  record before it in one interleaved claim), so a quiet hour does not make the record easy.
+  Without a record, the baseline is the record. A single step cannot show p < 0.01 on time;
+  ``nanoenv records claim`` is where that is tested before a run enters the book.
 - failures (``patch_failed``, ``rejected``, ``crashed``, ``timed_out``): -1.
 """
 
@@ -42,6 +50,7 @@ class RewardContext:
     baseline_train_time_s: float
     baseline_val_loss: float
     budget_slack: float = 1.05  # a run may overrun the baseline's time by 5% (timing noise)
+    record_train_time_s: float | None = None  # the current record's time here (reward "record")
 
     @property
     def budget_s(self) -> float:
@@ -108,6 +117,30 @@ def frontier_failures(
     return 0.0
 
 
+# A run must be 5 % faster than the record: a lucky seed's timing is not a record.
+RECORD_MARGIN = 1.05
+
+
+def beats_record(
+    outcome: Outcome, val_loss: float | None, train_time_s: float | None, curve: list[LossPoint],
+    ctx: RewardContext,
+) -> float:  # fmt: skip
+    """log(record time / time) for a run that meets the target more than 5 % faster than the
+    current record; 0 for one that meets it no faster; the miss penalty otherwise."""
+    if outcome is Outcome.INFRA_ERROR:
+        return 0.0
+    if outcome not in (Outcome.OK, Outcome.MISSED_TARGET) or not _finite(val_loss):
+        return FAILURE_PENALTY
+    assert val_loss is not None
+    if not (outcome is Outcome.OK and val_loss <= ctx.target_val_loss and _finite(train_time_s)):
+        return _penalty((val_loss - ctx.target_val_loss) / ctx.target_val_loss)
+    assert train_time_s is not None
+    record_s = ctx.record_train_time_s or ctx.baseline_train_time_s
+    if train_time_s * RECORD_MARGIN >= record_s:
+        return 0.0
+    return min(MAX_GAIN, math.log(record_s / max(train_time_s, 1e-3)))
+
+
 RewardFn = Callable[
     [Outcome, "float | None", "float | None", list[LossPoint], RewardContext], float
 ]
@@ -115,6 +148,7 @@ REWARDS: dict[str, RewardFn] = {
     "time_to_target": time_to_target,
     "loss_at_budget": loss_at_budget,
     "frontier": frontier_failures,
+    "record": beats_record,
 }
 # Rewards the episode completes from its history (the runner gives only their failure part).
 EPISODE_REWARDS = frozenset({"frontier"})

@@ -47,6 +47,21 @@ CREATE TABLE IF NOT EXISTS steps (
     hypervolume REAL,              -- of the episode's (time, loss) frontier then
     PRIMARY KEY (episode, step)
 );
+CREATE TABLE IF NOT EXISTS record_book (   -- nanoenv.records.book
+    task TEXT NOT NULL,
+    smoke INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,     -- baselines.fingerprint_id of the machine it was claimed on
+    number INTEGER NOT NULL,       -- 0: the baseline
+    script TEXT NOT NULL,
+    script_sha256 TEXT NOT NULL,
+    train_time_s REAL NOT NULL,
+    val_loss REAL NOT NULL,
+    time_ratio REAL NOT NULL,      -- its time / the baseline's, chained through the claims
+    run TEXT,                      -- EPISODE/STEP of the claimed run
+    claimed_at TEXT NOT NULL,
+    evidence TEXT,                 -- JSON: the claim's runs, means and p-values
+    PRIMARY KEY (task, smoke, fingerprint, number)
+);
 """
 # Columns added since the first schema: a store made before gets them on first open.
 _ADDED = {"best_val_loss": "REAL", "hypervolume": "REAL"}
