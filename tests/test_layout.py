@@ -41,28 +41,18 @@ def _room(module: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 1 else module
 
 
+# What judges, keeps and configures a run: a room below them (a sandbox, an action) knows none.
+_ABOVE_THE_RUN = {
+    "nanoenv.judging", "nanoenv.records", "nanoenv.env", "nanoenv.episode", "nanoenv.settings",
+    "nanoenv.feedback",
+}  # fmt: skip
+
 # room -> rooms (or modules) it must never import
 FORBIDDEN = {
     "nanoenv.types": {"nanoenv"},  # pydantic and the standard library only
     "nanoenv.errors": {"nanoenv"},
-    "nanoenv.actions": {
-        "nanoenv.judging",
-        "nanoenv.records",
-        "nanoenv.sandbox",
-        "nanoenv.env",
-        "nanoenv.episode",
-        "nanoenv.settings",
-        "nanoenv.feedback",
-    },
-    "nanoenv.sandbox": {
-        "nanoenv.actions",
-        "nanoenv.judging",
-        "nanoenv.records",
-        "nanoenv.env",
-        "nanoenv.episode",
-        "nanoenv.settings",
-        "nanoenv.feedback",
-    },
+    "nanoenv.actions": _ABOVE_THE_RUN | {"nanoenv.sandbox"},
+    "nanoenv.sandbox": _ABOVE_THE_RUN | {"nanoenv.actions"},
     "nanoenv.judging": {
         "nanoenv.records",
         "nanoenv.env",
