@@ -4,7 +4,7 @@ Usage: python benchmarks/baseline.py [--seeds 3] [--env ID] [--smoke] [--sandbox
                                      [--patch FILE] [--verify full|none]
 Runs the baseline (or, with --patch, a candidate) once per harness seed and prints, for each:
 the harness-timed training window, the script's own train_time, the warm-up before step 0,
-the verified and hidden val loss, and the share of the step that verification took. Then the
+the verified, reported and hidden val loss, and the share of the step that verification took. Then the
 mean and spread of each. These are the numbers task.toml records.
 """
 
@@ -28,6 +28,7 @@ COLUMNS = (
     "reported_s",
     "untimed_s",
     "val_loss",
+    "reported_val",
     "hidden_loss",
     "verify_share",
 )
@@ -44,6 +45,7 @@ def _row(result, step_s: float) -> dict[str, float]:
         else nan,
         "untimed_s": result.telemetry.get("untimed_s", nan),
         "val_loss": result.val_loss if result.val_loss is not None else nan,
+        "reported_val": result.reported_val_loss if result.reported_val_loss is not None else nan,
         "hidden_loss": result.hidden_val_loss if result.hidden_val_loss is not None else nan,
         # everything in the step that is not the training run: mostly verification
         "verify_share": (step_s - result.wall_time_s) / step_s,
@@ -74,7 +76,9 @@ def main() -> None:
                   + "  ".join(f"{k} {r[k]:.4f}" for k in COLUMNS), flush=True)  # fmt: skip
         env.close()
     for key in COLUMNS:
-        vals = [row[key] for row in rows]
+        vals = [row[key] for row in rows if not math.isnan(row[key])]
+        if not vals:  # e.g. hidden_loss under --verify none
+            continue
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         print(f"{key:>13}: mean {statistics.mean(vals):.4f}  sd {sd:.4f}  "
               f"min {min(vals):.4f}  max {max(vals):.4f}")  # fmt: skip

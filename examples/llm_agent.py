@@ -1,20 +1,20 @@
 """An LLM research agent: a chat model proposes patches, nanoenv runs and judges them.
 
+    pip install -e ".[openai]"
     OPENAI_BASE_URL=https://api.openai.com/v1 OPENAI_API_KEY=... NANOENV_LLM_MODEL=gpt-4o-mini \\
         python examples/llm_agent.py [--steps 5] [--smoke]
 
-Works with any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp's server, a hosted
-API). Each turn the model sees the brief, the current script and the last feedback, and
+Talks through the openai SDK to any OpenAI-compatible chat-completions endpoint (vLLM,
+llama.cpp's server, a hosted API): the SDK reads OPENAI_BASE_URL and OPENAI_API_KEY itself. Each turn the model sees the brief, the current script and the last feedback, and
 answers with one unified diff in a ```diff block; that diff is the action.
 """
 
 import argparse
-import json
 import os
 import re
-import urllib.request
 
 import gymnasium as gym
+from openai import OpenAI
 
 import nanoenv  # noqa: F401
 
@@ -25,13 +25,10 @@ and b/train.py), in a single ```diff block, after one sentence saying why. Never
 protected regions."""
 
 
-def chat(messages, *, base_url, model, api_key, timeout=300):
+def chat(client, model, messages):
     """One chat-completions call; the reply's text."""
-    body = json.dumps({"model": model, "messages": messages, "temperature": 0.7}).encode()
-    req = urllib.request.Request(f"{base_url.rstrip('/')}/chat/completions", data=body, method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())["choices"][0]["message"]["content"]
+    reply = client.chat.completions.create(model=model, messages=messages, temperature=0.7)
+    return reply.choices[0].message.content or ""
 
 
 def extract_diff(reply):
@@ -46,9 +43,9 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--runs-dir", default="nanoenv-runs")
     args = ap.parse_args()
-    base_url = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
     model = os.environ.get("NANOENV_LLM_MODEL", "gpt-4o-mini")
-    api_key = os.environ.get("OPENAI_API_KEY", "none")
+    # a local server needs no key; the SDK refuses to start without one
+    client = OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "none", timeout=300, max_retries=2)
 
     env = gym.make(
         "nanoenv/Speedrun-Tiny-v0", smoke=args.smoke, runs_dir=args.runs_dir, max_steps=args.steps
@@ -59,8 +56,8 @@ def main():
         prompt = (
             f"{brief}\n\n## Current script\n```python\n{obs['script']}```\n\n## Last report\n{last}"
         )
-        reply = chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-                     base_url=base_url, model=model, api_key=api_key)  # fmt: skip
+        reply = chat(client, model, [{"role": "system", "content": SYSTEM},
+                                     {"role": "user", "content": prompt}])  # fmt: skip
         obs, reward, terminated, truncated, info = env.step(extract_diff(reply))
         last = obs["feedback"]
         print(f"step {info['result'].step}: {info['result'].outcome.value}, reward {reward:+.4f} "

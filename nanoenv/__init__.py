@@ -3,7 +3,7 @@
 Importing nanoenv registers its environment ids with gymnasium::
 
     import gymnasium, nanoenv
-    env = gymnasium.make("nanoenv/Speedrun-Tiny-v0")
+    env = gymnasium.make("nanoenv/Speedrun-Tiny-v1")
 """
 
 from __future__ import annotations

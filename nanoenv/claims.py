@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoenv.errors import NanoEnvError
-from nanoenv.records.book import BookKey, Entry, RecordBook
+from nanoenv.records.book import BookKey, Entry, RecordBook, book_key
 from nanoenv.records.store import RunStore
 from nanoenv.review import Review
 from nanoenv.types import Outcome, RunResult, VerifyLevel
@@ -91,19 +91,6 @@ class ClaimResult:
         return "\n".join(lines)
 
 
-def book_key(task: Any, smoke: bool, sandbox: str) -> BookKey:
-    """The book a task's records on this machine belong to."""
-    from nanoenv import baselines
-
-    fp = baselines.fingerprint_id(baselines.fingerprint(task, sandbox))
-    return BookKey(task.id, smoke, fp)
-
-
-def current_record(runs_dir: Path, task: Any, smoke: bool, sandbox: str) -> Entry | None:
-    """The current record of a task here, or None where no claim has been admitted."""
-    return RecordBook(runs_dir).current(book_key(task, smoke, sandbox))
-
-
 def _claimed_run(runs_dir: Path, run: str) -> tuple[dict[str, Any], str, RunResult | None]:
     """The claimed step's episode meta, its script, and its result."""
     episode, _, step = run.partition("/")
@@ -130,7 +117,11 @@ def _claimed_run(runs_dir: Path, run: str) -> tuple[dict[str, Any], str, RunResu
 
 
 def welch_less(a: list[float], b: list[float]) -> float | None:
-    """p of "mean(a) < mean(b)", one-sided Welch t-test (None with fewer than 2 of each)."""
+    """p of "mean(a) < mean(b)", one-sided Welch t-test (None with fewer than 2 of each).
+
+    Unlike the loss test (where identical repeats mean a script that ignores its seed, and
+    fail), times without spread on both sides are taken at face value: a real clock never
+    gives them, an exact one (the fake sandbox's) does, and there the means decide."""
     if len(a) < 2 or len(b) < 2:
         return None
     if statistics.stdev(a) == 0 and statistics.stdev(b) == 0:

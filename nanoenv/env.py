@@ -100,7 +100,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     def __init__(
         self,
-        task: str | TaskSpec = "Speedrun-Tiny-v0",
+        task: str | TaskSpec = "Speedrun-Tiny-v1",
         *,
         sandbox: str | Sandbox = "local",
         verify: str = "full",

@@ -153,7 +153,7 @@ def resolve(
     settings, measured_on = _pair_baseline(spec, settings, paired_baseline, sandbox)
     start_script = script
     if start == "record" or reward == "record":
-        from nanoenv.claims import current_record
+        from nanoenv.records.book import current_record
 
         record = current_record(Path(runs_dir or "nanoenv-runs"), spec, smoke, sandbox)
         if record is not None:

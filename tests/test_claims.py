@@ -181,7 +181,7 @@ def test_the_record_reward_and_start(tiny_data, tmp_path):
     """With a record in the book, start="record" begins the episode from its script, and
     reward="record" pays only a run faster than the record's time here (the baseline's time
     times the record's ratio) by more than the 5 % noise margin."""
-    from nanoenv.claims import book_key
+    from nanoenv.records.book import book_key
 
     runs = tmp_path / "runs"
     base = _baseline() + "\n# fake: val_loss=3.0\n"
@@ -222,7 +222,7 @@ def test_a_real_claim_against_a_slower_record_is_admitted(tiny_data, tmp_path):
     env.reset(seed=0)
     assert env.step("")[4]["result"].verdict.verified
     env.close()
-    from nanoenv.claims import book_key
+    from nanoenv.records.book import book_key
 
     key = book_key(env.task, True, "local")
     slow = base.replace("import time\n", "import time\ntime.sleep(4)\n", 1)

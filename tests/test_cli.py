@@ -26,6 +26,25 @@ def test_demo_smoke(tiny_data, tmp_path, capsys):
     assert "The last step's feedback" in out and "Step 2 (from step 1): ok" in out
 
 
+def test_demo_patch_is_the_suites_muon_with_fewer_steps():
+    """The demo's Muon for v1 is the fidelity suite's v1 Muon patch (no drift) trained for 800
+    steps instead of 1,200, as the speedrun's Muon record cut its steps; v0 keeps its own."""
+    from nanoenv.actions.patching import apply_diff
+    from nanoenv.cli import demo_patch
+    from nanoenv.tasks import baseline_script, load_task
+
+    task = load_task("Speedrun-Tiny-v1")
+    base = baseline_script(task)
+    demo = apply_diff(base, demo_patch("nanoenv/Speedrun-Tiny-v1").read_text(), task.script)
+    suite = REPO / "benchmarks" / "fidelity_suite" / "tiny-v1" / "muon.diff"
+    muon = apply_diff(base, suite.read_text(), task.script).script
+    assert demo.script == muon.replace(
+        "    num_iterations: int = 1200\n",
+        "    num_iterations: int = 800  # Muon reaches the target in fewer steps: train fewer\n",
+    )
+    assert demo_patch("nanoenv/Speedrun-Tiny-v0") == REPO / "examples" / "patches" / "muon.diff"
+
+
 @pytest.mark.slow
 def test_run_smoke_prints_val_lines(tiny_data, tmp_path, capsys):
     """`nanoenv run --smoke` prints the val_loss lines and the feedback, exit code 0."""

@@ -25,13 +25,15 @@ FASTER_LR = make_diff(
 
 def test_registered_ids():
     """Importing nanoenv registers the tiny track with gymnasium."""
-    assert "nanoenv/Speedrun-Tiny-v0" in gym.registry
+    assert "nanoenv/Speedrun-Tiny-v0" in gym.registry and "nanoenv/Speedrun-Tiny-v1" in gym.registry
     assert gym.spec("nanoenv/Speedrun-Tiny-v0").nondeterministic
 
 
 def test_unknown_task_suggests_the_nearest():
     """A mistyped task id names the nearest ones."""
-    with pytest.raises(nanoenv.TaskError, match="did you mean `Speedrun-Tiny-v0`"):
+    with pytest.raises(
+        nanoenv.TaskError, match="did you mean `Speedrun-Tiny-v1` or `Speedrun-Tiny-v0`"
+    ):
         nanoenv.SpeedrunEnv(task="Speedrun-Tiny-v9")
 
 

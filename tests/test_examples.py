@@ -86,9 +86,9 @@ class _FakeChat(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FakeChat.requests.append(
-            {"path": self.path, "auth": self.headers.get("Authorization"), **body}
-        )
+        headers = {"auth": self.headers.get("Authorization"),
+                   "user_agent": self.headers.get("User-Agent", "")}  # fmt: skip
+        _FakeChat.requests.append({"path": self.path, **headers, **body})
         reply = {
             "choices": [
                 {
@@ -125,7 +125,8 @@ def fake_llm():
 
 @pytest.mark.slow
 def test_llm_agent_against_a_stand_in_server(tiny_data, tmp_path, fake_llm):
-    """The agent loop talks OpenAI's chat format; its diffs become real, verified steps."""
+    """The agent loop talks to the endpoint through the openai SDK; its diffs become real,
+    verified steps."""
     env = {
         "OPENAI_BASE_URL": fake_llm,
         "OPENAI_API_KEY": "test-key",
@@ -146,6 +147,7 @@ def test_llm_agent_against_a_stand_in_server(tiny_data, tmp_path, fake_llm):
         req["path"] == "/v1/chat/completions"
         and req["model"] == "stand-in"
         and req["auth"] == "Bearer test-key"
+        and req["user_agent"].startswith("OpenAI/Python")
     )
     assert "Current script" in req["messages"][1]["content"]
     assert "step 1: ok" in out or "step 1: missed_target" in out

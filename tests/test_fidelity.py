@@ -44,10 +44,8 @@ def test_suite_holds_the_required_ideas_and_controls_each_tagged_with_its_record
             assert i.record_gain > 0
 
 
-# The registered CPU tracks and the candidates being calibrated (folders, not yet ids).
-CPU_TRACKS = [t for t in task_ids() if load_task(t).device == "cpu"] + [
-    str(p) for p in sorted((SUITE / "candidates").glob("*/"))
-]
+# Every registered CPU track has the suite's patches.
+CPU_TRACKS = [t for t in task_ids() if load_task(t).device == "cpu"]
 
 
 @pytest.mark.parametrize("env_id", CPU_TRACKS)
@@ -175,6 +173,19 @@ def test_the_cumulative_stacks_are_what_write_patches_makes_and_each_holds_the_o
         patched = apply_diff(base, (folder / f"control-{control}.diff").read_text(), task.script)
         compile(patched.script, control, "exec")
         assert patched.script != chain[-1][1]
+
+
+def test_tune_sets_an_ideas_own_hyperparameter_and_nothing_else():
+    """write_patches --tune muon_lr=0.01 changes Muon's default in its dataclass line only."""
+    writer = _load(SUITE / "write_patches.py")
+    muon = writer.IDEAS["muon"]
+    new = writer.tuned(muon, {"muon_lr": "0.01"})
+    changed = [(a[1], b[1]) for a, b in zip(muon, new, strict=True) if a[1] != b[1]]
+    assert len(changed) == 1
+    before, after = changed[0]
+    assert "muon_lr: float = 0.02" in before and "muon_lr: float = 0.01" in after
+    assert after.replace("0.01", "0.02") == before  # nothing else moved
+    assert writer.tuned(muon, {}) == [tuple(e) for e in muon]
 
 
 def test_the_cumulative_replay_measures_each_idea_against_the_stack_before_it(tmp_path):

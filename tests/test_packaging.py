@@ -40,9 +40,11 @@ def test_wheel_carries_the_data_rooms(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "nanoenv/_data/envs/tiny/task.toml" in names
     assert "nanoenv/_data/envs/tiny/train.py" in names
+    assert "nanoenv/_data/envs/tiny-v1/task.toml" in names
     assert "nanoenv/_data/examples/patches/muon.diff" in names
+    assert "nanoenv/_data/examples/patches/tiny-v1/muon.diff" in names
     assert any(n.startswith("nanoenv/_data/sandbox/") for n in names)
-    assert "nanoenv/data/tiny_bpe1k.json" in names  # the v1 candidate's tokenizer
+    assert "nanoenv/data/tiny_bpe1k.json" in names  # Speedrun-Tiny-v1's tokenizer
 
 
 @pytest.mark.slow

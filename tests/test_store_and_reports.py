@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nanoenv import Outcome, RunResult
 from nanoenv.cli import main as cli_main
 from nanoenv.records.report import write_report
 from nanoenv.records.store import RunStore, pareto
@@ -199,7 +201,6 @@ def test_html_report_renders_in_a_browser(episode, tmp_path):
 
 def test_plots_draw_curves_and_the_frontier(tmp_path):
     """The PNGs the report embeds: loss curves of two runs, and every run with its frontier."""
-    from nanoenv import Outcome, RunResult
     from nanoenv.records.plots import plot_curves, plot_frontier
     from nanoenv.types import LossPoint
 
@@ -214,3 +215,42 @@ def test_plots_draw_curves_and_the_frontier(tmp_path):
                           tmp_path / "front.png", target=3.3)  # fmt: skip
     for png in (curves, front):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plotted_curves_are_on_the_harness_clock_not_the_scripts():
+    """A script that reports a tenth of its real training time is drawn at the times the
+    harness received its lines: the plot cannot be made to look faster than the reward is."""
+    from nanoenv.records.plots import curve_points
+    from nanoenv.types import LossPoint
+
+    curve = [LossPoint(step=s, val_loss=4.0 - s / 10, train_time_ms=10.0 * s, received_s=2.0 + s)
+             for s in (0, 10, 20)] + [LossPoint(step=5, train_loss=3.9, received_s=7.0)]  # fmt: skip
+    result = RunResult(step=1, outcome=Outcome.OK, curve=curve)
+    val, train = curve_points(result)
+    assert val == [(2.0, 4.0), (12.0, 3.0), (22.0, 2.0)] and train == [(7.0, 3.9)]
+    assert curve_points(result, allowance_s=1.5)[0][0] == (0.5, 4.0)
+
+
+def test_report_shows_this_machines_record_book(tmp_path):
+    """The report draws the record book beside the episode's frontier and tabulates it."""
+    from nanoenv.records.book import Entry, RecordBook, book_key
+    from nanoenv.tasks import load_task
+    from nanoenv.types import LossPoint, Verdict
+
+    runs = tmp_path / "runs"
+    folder = runs / "ep1"
+    (folder / "step-0001").mkdir(parents=True)
+    (folder / "episode.json").write_text(json.dumps({"task": "Speedrun-Tiny-v0", "smoke": True,
+                                                    "sandbox": "local", "seed": 1}))  # fmt: skip
+    curve = [LossPoint(step=s, val_loss=4.0 - s / 10, received_s=1.0 + s) for s in (0, 10)]
+    result = RunResult(step=1, outcome=Outcome.OK, curve=curve, val_loss=3.0, train_time_s=11.0,
+                       verdict=Verdict(verified=True))  # fmt: skip
+    (folder / "step-0001" / "result.json").write_text(result.model_dump_json())
+    assert "No record book" in write_report(folder).read_text()
+    key = book_key(load_task("Speedrun-Tiny-v0"), True, "local")
+    book = RecordBook(runs)
+    book.append(key, Entry(0, "baseline script", 12.5, 3.1, 1.0))
+    book.append(key, Entry(1, "faster script", 9.25, 3.05, 0.74, run="ep0/3"))
+    page = write_report(folder).read_text()
+    assert "Record book on this machine" in page
+    assert "record 1" in page and "9.25" in page and "ep0/3" in page

@@ -4,7 +4,6 @@ the byte dataset's text token for token, and it has the manifest hash the task n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,6 @@ import pytest
 from nanoenv.data import DataError, prepare, read_shard, tiny, tiny_bpe, verify_dataset
 from nanoenv.data.manifest import load_manifest
 from nanoenv.tasks import load_task
-
-CANDIDATE = Path(__file__).parents[1] / "benchmarks" / "fidelity_suite" / "candidates" / "tiny-v1"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +35,7 @@ def test_committed_tokenizer_is_trained_on_train_alone():
 def test_dataset_is_the_byte_text_in_bpe(bpe_data, tiny_data):
     """Each split decodes to exactly the byte dataset's split (the same chunks, the same plays),
     with the separator where a play starts; and the manifest is the one the task pins."""
-    task = load_task(str(CANDIDATE))
+    task = load_task("Speedrun-Tiny-v1")
     manifest = verify_dataset(bpe_data, task.data.manifest_sha256)
     assert manifest.vocab_size == 1024
     byte_manifest = load_manifest(tiny_data)

@@ -10,7 +10,7 @@ import pytest
 
 from nanoenv import Outcome
 from nanoenv.judging.significance import significance
-from nanoenv.judging.timing import harness_time, timing_checks
+from nanoenv.judging.timing import harness_clock, harness_time, timing_checks
 from nanoenv.judging.verify import EvalSet, build_inputs, log_softmax, model_checks, score
 from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.types import LossPoint, TimingSpec, VerifySpec
@@ -89,6 +89,18 @@ def test_harness_time_counts_from_start_and_charges_warmup():
     t = harness_time(_points((0, 0, 5.0), (10, 900, 6.0), (20, 1800, 7.0)), spec)
     assert (t.window_s, t.untimed_s, t.train_s, t.reported_s) == (2.0, 5.0, 5.0, 1.8)
     assert all(c.passed for c in timing_checks(t, spec))
+
+
+def test_harness_clock_puts_each_point_at_the_time_the_reward_charges():
+    """A point's clock time is its receipt less the free warm-up: at the last val line it is
+    harness_time's train_s, whatever the script's own clock says."""
+    points = _points((0, 0, 5.0), (10, 900, 6.0), (20, 1800, 7.0))
+    spec = TimingSpec(untimed_allowance_s=2.0)
+    clock = harness_clock(points, spec.untimed_allowance_s)
+    assert [t for t, _ in clock] == [3.0, 4.0, 5.0]
+    assert clock[-1][0] == harness_time(points, spec).train_s
+    assert [t for t, _ in harness_clock(points, 0.0)] == [5.0, 6.0, 7.0]  # all warm-up charged
+    assert harness_clock([LossPoint(step=0, val_loss=3.0)], 0.0) == []  # nothing received
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Write the fidelity suite's patches for a track: each idea as edits of the track's baseline.
 
     python benchmarks/fidelity_suite/write_patches.py [--env ID|DIR] [--cumulative]
-    (a task id or a candidate folder; --cumulative: also the stacks of the cumulative replay)
+    [--tune NAME=VALUE ...]
+    (a task id or a candidate folder; --cumulative: also the stacks of the cumulative replay;
+    --tune: an idea's own hyperparameter at another default, e.g. muon_lr=0.01)
 
 Each idea is a list of (old, new) text edits of the baseline script; every `old` must occur
 exactly once, so a baseline that drifted fails loudly here instead of silently in a run (an
@@ -461,11 +463,28 @@ STACKED: dict[str, list[Edit]] = {
 }
 
 
-def stacks(base: str, ideas: list[str]) -> list[tuple[str, str]]:
+def tuned(edits: list[Edit], values: dict[str, str]) -> list[Edit]:
+    """The edits with an idea's own hyperparameters set to other defaults (``--tune``): its
+    dataclass line ``    NAME: TYPE = VALUE`` takes the new value."""
+    out: list[Edit] = []
+    for old, new, *optional in edits:
+        lines = new.split("\n")
+        for i, line in enumerate(lines):
+            name, sep, rest = line.strip().partition(":")
+            if sep and name in values and "=" in rest and line.startswith("    "):
+                lines[i] = f"    {name}:{rest.split('=')[0]}= {values[name]}"
+        out.append((old, "\n".join(lines), *optional))  # type: ignore[arg-type]
+    return out
+
+
+def stacks(
+    base: str, ideas: list[str], tune: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     """(name, script) for the cumulative replay: the stack through each idea, in order."""
     out, source = [], base
     for idea in ideas:
-        source = apply(source, STACKED.get(idea, IDEAS[idea]), f"{idea} (on the stack)")
+        edits = tuned(STACKED.get(idea, IDEAS[idea]), tune or {})
+        source = apply(source, edits, f"{idea} (on the stack)")
         out.append((idea, source))
     return out
 
@@ -484,12 +503,12 @@ def apply(source: str, edits: list[Edit], idea: str) -> str:
     return source
 
 
-def write_cumulative(base: str, task: Any, out: Path) -> None:
+def write_cumulative(base: str, task: Any, out: Path, tune: dict[str, str]) -> None:
     """The cumulative replay's patches: cumulative/NN-<idea>.diff is the baseline with every idea
     through the NN-th (ideas.toml's order); a control's is the whole stack with the control."""
     ideas = load_ideas(HERE / "ideas.toml")
     out.mkdir(exist_ok=True)
-    chain = stacks(base, [i.name for i in ideas if not i.control])
+    chain = stacks(base, [i.name for i in ideas if not i.control], tune)
     for n, (idea, script) in enumerate(chain, 1):
         compile(script, f"{idea}.py", "exec")
         (out / f"{n:02d}-{idea}.diff").write_text(make_diff(base, script, task.script))
@@ -508,7 +527,13 @@ def main() -> None:
         "--cumulative", action="store_true",
         help="also the cumulative replay's stacks (each idea on every idea before it)",
     )  # fmt: skip
+    ap.add_argument(
+        "--tune", action="append", default=[], metavar="NAME=VALUE",
+        help="an idea's own hyperparameter at another default (e.g. muon_lr=0.01); the patches "
+        "are rewritten in place, so rerun without it to restore the suite's",
+    )  # fmt: skip
     args = ap.parse_args()
+    tune = dict(t.split("=", 1) for t in args.tune)
     task = load_task(args.env)
     base = baseline_script(task)
     out = HERE / task.task_dir.name
@@ -516,12 +541,12 @@ def main() -> None:
     for idea, edits in IDEAS.items():
         if args.only and idea not in args.only:
             continue
-        patched = apply(base, edits, idea)
+        patched = apply(base, tuned(edits, tune), idea)
         compile(patched, f"{idea}.py", "exec")
         (out / f"{idea}.diff").write_text(make_diff(base, patched, task.script))
         print(f"wrote {out / f'{idea}.diff'}")
     if args.cumulative:
-        write_cumulative(base, task, out / "cumulative")
+        write_cumulative(base, task, out / "cumulative", tune)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,16 @@ def timing_checks(t: HarnessTime, spec: TimingSpec) -> list[Check]:
                   numbers={"reported_s": t.reported_s, "harness_window_s": t.window_s})
         )  # fmt: skip
     return checks
+
+
+def harness_clock(points: list[LossPoint], allowance_s: float) -> list[tuple[float, LossPoint]]:
+    """Each point the harness received at its time on the reward's clock: seconds since the job
+    started, less the warm-up the allowance leaves free. At the last val line this is the time
+    `harness_time` charges (the job's exit can add to it); the script's own ``train_time`` is
+    not read."""
+    stamped = [p for p in points if p.received_s is not None]
+    vals = [p for p in stamped if p.val_loss is not None]
+    if not vals:
+        return []
+    free = min(vals[0].received_s or 0.0, allowance_s)
+    return [((p.received_s or 0.0) - free, p) for p in stamped]

@@ -67,7 +67,7 @@ class RecordBook:
         """Every entry of one book, the baseline first."""
         if not self.store.path.exists():
             return []
-        with self.store._connect() as con:
+        with self.store.connect() as con:
             rows = con.execute(
                 "SELECT number, script, train_time_s, val_loss, time_ratio, run, claimed_at, "
                 "evidence FROM record_book WHERE task=? AND smoke=? AND fingerprint=? "
@@ -88,7 +88,7 @@ class RecordBook:
         """Every book in this store."""
         if not self.store.path.exists():
             return []
-        with self.store._connect() as con:
+        with self.store.connect() as con:
             rows = con.execute(
                 "SELECT DISTINCT task, smoke, fingerprint FROM record_book ORDER BY task"
             ).fetchall()
@@ -104,7 +104,7 @@ class RecordBook:
                 "was admitted meanwhile: claim again against the new record)"
             )
         stamp = entry.claimed_at or time.strftime("%Y-%m-%dT%H:%M:%S")
-        with self.store._connect() as con:
+        with self.store.connect() as con:
             con.execute(
                 "INSERT INTO record_book (task, smoke, fingerprint, number, script, script_sha256, "
                 "train_time_s, val_loss, time_ratio, run, claimed_at, evidence) "
@@ -114,3 +114,16 @@ class RecordBook:
                  entry.run, stamp, json.dumps(entry.evidence, default=str)),
             )  # fmt: skip
         return Entry(**{**asdict(entry), "claimed_at": stamp})
+
+
+def book_key(task: Any, smoke: bool, sandbox: str) -> BookKey:
+    """The book a task's records on this machine belong to."""
+    from nanoenv import baselines
+
+    fp = baselines.fingerprint_id(baselines.fingerprint(task, sandbox))
+    return BookKey(task.id, smoke, fp)
+
+
+def current_record(runs_dir: Path, task: Any, smoke: bool, sandbox: str) -> Entry | None:
+    """The current record of a task here, or None where no claim has been admitted."""
+    return RecordBook(runs_dir).current(book_key(task, smoke, sandbox))

@@ -1,11 +1,21 @@
-"""Plots of runs: loss curves against training time. Needs matplotlib (``nanoenv[plots]``)."""
+"""Plots of runs: loss curves and the frontier on the harness clock (the time the reward
+charges), with the record book drawn in. Needs matplotlib (``nanoenv[plots]``)."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
 
+from nanoenv.judging.timing import harness_clock
 from nanoenv.types import RunResult
+
+
+def curve_points(result: RunResult, allowance_s: float = 0.0) -> tuple[list, list]:
+    """(time, val loss) and (time, train loss) of a run on the harness clock."""
+    clock = harness_clock(result.curve, allowance_s)
+    val = [(t, p.val_loss) for t, p in clock if p.val_loss is not None]
+    train = [(t, p.train_loss) for t, p in clock if p.train_loss is not None]
+    return val, train
 
 
 def plot_curves(
@@ -14,14 +24,16 @@ def plot_curves(
     *,
     target: float | None = None,
     title: str = "",
+    allowance_s: float = 0.0,
 ) -> Path:
-    """Draw val loss (and, faintly, train loss) against reported training time, one line per run.
+    """Draw val loss (and, faintly, train loss) against the harness clock, one line per run.
 
     Args:
         results: (label, result) pairs; runs without a curve are left out.
         path: Where to write the PNG.
         target: Draw the target val loss as a dashed line.
         title: The figure's title.
+        allowance_s: The task's untimed warm-up allowance (``timing.untimed_allowance_s``).
     """
     import matplotlib
 
@@ -30,16 +42,7 @@ def plot_curves(
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for label, result in results:
-        val = [
-            (p.train_time_s, p.val_loss)
-            for p in result.curve
-            if p.val_loss is not None and p.train_time_s is not None
-        ]
-        train = [
-            (p.train_time_s, p.train_loss)
-            for p in result.curve
-            if p.train_loss is not None and p.train_time_s is not None
-        ]
+        val, train = curve_points(result, allowance_s)
         if not val and not train:
             continue
         (line,) = (
@@ -52,7 +55,7 @@ def plot_curves(
             ax.plot(*zip(*train, strict=True), alpha=0.3, linewidth=1, color=color)
     if target is not None:
         ax.axhline(target, linestyle="--", color="gray", linewidth=1, label=f"target {target:.4f}")
-    ax.set_xlabel("training time as the script reported it (s)")
+    ax.set_xlabel("time on the harness clock, the reward's (s)")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -76,11 +79,14 @@ def plot_frontier(
     *,
     target: float | None = None,
     title: str = "",
+    records: list[tuple[str, float, float]] | None = None,
 ) -> Path:
-    """Every run as a point of (training time, val loss), and the Pareto frontier as a staircase.
+    """Every run as a point of (training time, val loss), the Pareto frontier as a staircase,
+    and the record book's entries as a second one.
 
     Args:
         points: (label, time in seconds, val loss) of each run.
+        records: (label, time, val loss) of each record, as its claim measured them.
     """
     import matplotlib
 
@@ -99,21 +105,12 @@ def plot_frontier(
         alpha=0.7,
         label="runs",
     )
-    front = pareto(rows, time_key="t", loss_key="loss")
-    if front:
-        xs, ys = [front[0]["t"]], [front[0]["loss"]]
-        for a, b in itertools.pairwise(front):  # a staircase: each point holds until beaten
-            xs += [b["t"], b["t"]]
-            ys += [a["loss"], b["loss"]]
-        ax.plot(xs, ys, color="tab:red", linewidth=1.5, label="frontier")
-        for r in front:
-            ax.annotate(
-                r["label"],
-                (r["t"], r["loss"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
+    _staircase(ax, pareto(rows, time_key="t", loss_key="loss"), "tab:red", "frontier")
+    book = [{"label": lab, "t": t, "loss": v} for lab, t, v in records or [] if t == t and v == v]
+    if book:
+        ax.scatter([r["t"] for r in book], [r["loss"] for r in book], s=30, marker="D",
+                   color="black", label="record book")  # fmt: skip
+        _staircase(ax, pareto(book, time_key="t", loss_key="loss"), "black", None)
     if target is not None:
         ax.axhline(target, linestyle="--", color="gray", linewidth=1, label=f"target {target:.4f}")
     ax.set_xlabel("training time by the harness clock (s)")
@@ -126,3 +123,17 @@ def plot_frontier(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _staircase(ax, front: list[dict], color: str, label: str | None) -> None:
+    """A frontier drawn as a staircase (each point holds until beaten), its points named."""
+    if not front:
+        return
+    xs, ys = [front[0]["t"]], [front[0]["loss"]]
+    for a, b in itertools.pairwise(front):
+        xs += [b["t"], b["t"]]
+        ys += [a["loss"], b["loss"]]
+    ax.plot(xs, ys, color=color, linewidth=1.5, label=label)
+    for r in front:
+        ax.annotate(r["label"], (r["t"], r["loss"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")  # fmt: skip

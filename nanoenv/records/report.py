@@ -1,4 +1,5 @@
-"""An HTML report of an episode: the steps, their numbers, the loss curves and the frontier.
+"""An HTML report of an episode: the steps, their numbers, the loss curves and the frontier
+on the harness clock (the reward's time), and this machine's record book beside them.
 
 One self-contained file (images embedded), written beside the episode's artifacts, that opens in
 any browser.
@@ -11,7 +12,9 @@ import html
 import json
 from pathlib import Path
 
+from nanoenv.errors import TaskError
 from nanoenv.records.artifacts import load_result
+from nanoenv.records.book import Entry, RecordBook, book_key
 from nanoenv.types import RunResult
 
 
@@ -30,6 +33,29 @@ def episode_results(episode_dir: Path) -> list[RunResult]:
     return [r for r in found if r is not None]
 
 
+def episode_record_book(episode_dir: Path, meta: dict) -> list[Entry]:
+    """The record book of the episode's task and size on this machine, from the runs folder the
+    episode is in (empty where none was opened, or the task is no longer known)."""
+    from nanoenv.tasks import load_task
+
+    try:
+        task = load_task(str(meta["task"]))
+    except (KeyError, TaskError):
+        return []
+    key = book_key(task, bool(meta.get("smoke")), str(meta.get("sandbox") or "local"))
+    return RecordBook(episode_dir.parent).history(key)
+
+
+def _allowance(meta: dict) -> float:
+    """The task's untimed warm-up allowance: what the harness clock leaves free."""
+    from nanoenv.tasks import load_task
+
+    try:
+        return load_task(str(meta["task"])).timing.untimed_allowance_s
+    except (KeyError, TaskError):
+        return 0.0
+
+
 def write_report(episode_dir: Path, *, target: float | None = None) -> Path:
     """Write ``report.html`` (and its two plots) into the episode folder; return its path."""
     from nanoenv.records.plots import plot_curves, plot_frontier
@@ -37,12 +63,28 @@ def write_report(episode_dir: Path, *, target: float | None = None) -> Path:
     meta = json.loads((episode_dir / "episode.json").read_text())
     results = episode_results(episode_dir)
     labels = [f"step {r.step}" for r in results]
+    book = episode_record_book(episode_dir, meta)
     curves = plot_curves(list(zip(labels, results, strict=True)), episode_dir / "loss_curves.png",
-                         target=target, title="loss against training time")  # fmt: skip
+                         target=target, title="loss against the harness clock",
+                         allowance_s=_allowance(meta))  # fmt: skip
     points = [(lab, r.train_time_s, r.val_loss) for lab, r in zip(labels, results, strict=True)
               if r.train_time_s is not None and r.val_loss is not None and r.verdict.verified]  # fmt: skip
     frontier = plot_frontier(points, episode_dir / "frontier.png", target=target,
-                             title="verified runs: training time against val loss")  # fmt: skip
+                             title="verified runs and the record book: time against val loss",
+                             records=[(e.label, e.train_time_s, e.val_loss) for e in book])  # fmt: skip
+    book_rows = "\n".join(
+        f"<tr><td>{html.escape(e.label)}</td><td>{e.train_time_s:.2f}</td><td>{e.val_loss:.4f}</td>"
+        f"<td>{e.time_ratio:.3f}</td><td>{html.escape(e.run or '')}</td><td>{html.escape(e.claimed_at)}</td>"
+        f"<td><code>{e.script_sha256[:12]}</code></td></tr>"
+        for e in book
+    )  # fmt: skip
+    book_table = (
+        "<h2>Record book on this machine</h2><table><tr><th>entry</th><th>time (s)</th>"
+        "<th>val loss</th><th>time / baseline</th><th>run</th><th>claimed</th><th>script</th></tr>"
+        f"\n{book_rows}\n</table>"
+        if book
+        else "<p>No record book on this machine yet (<code>nanoenv records claim</code> opens one).</p>"
+    )
     rows = "\n".join(
         f"<tr class='{r.outcome.value}'><td>{r.step}</td><td>{'' if r.base is None else r.base}</td>"
         f"<td>{r.outcome.value}</td><td>{_fmt(r.val_loss, '.4f')}</td><td>{_fmt(r.hidden_val_loss, '.4f')}</td>"
@@ -71,6 +113,7 @@ verify {html.escape(str(meta.get("verify")))}; reward {html.escape(str(meta.get(
 {rows}
 </table>
 <div>{_img(curves)}{_img(frontier)}</div>
+{book_table}
 </body></html>
 """
     out = episode_dir / "report.html"

@@ -25,6 +25,19 @@ def _row(r: dict[str, Any]) -> str:
 HEADER = f"{'episode':<32} {'step':>4}  {'task':<24} {'outcome':<14} v {'val_loss':>8} {'time s':>8} {'reward':>8}"
 
 
+def _record_points(runs_dir: Path, task: str | None) -> list[tuple[str, float, float]]:
+    """(label, time, loss) of every record of a task in this runs folder's books, for the
+    frontier plot; none without a task (books of different tasks do not share axes)."""
+    from nanoenv.records.book import RecordBook
+
+    if task is None:
+        return []
+    book = RecordBook(runs_dir)
+    keys = [k for k in book.books() if k.task == task.removeprefix("nanoenv/")]
+    return [(e.label if len(keys) == 1 else f"{e.label} ({k.fingerprint[:6]})", e.train_time_s, e.val_loss)
+            for k in keys for e in book.history(k)]  # fmt: skip
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     """List, show, rank and plot the runs under a runs folder."""
     store = RunStore(Path(args.runs_dir))
@@ -56,7 +69,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
             every = [(f"{r['episode'][-6:]}/{r['step']}", r["train_time_s"], r["val_loss"])
                      for r in store.rows(task=task) if r["verified"] and r["train_time_s"] and r["val_loss"]]  # fmt: skip
-            print(f"wrote {plot_frontier(every, Path(args.png), title='verified runs')}")
+            records = _record_points(Path(args.runs_dir), task)
+            title = "verified runs" + (" and the record book" if records else "")
+            png = plot_frontier(every, Path(args.png), title=title, records=records)
+            print(f"wrote {png}")
     elif args.runs_cmd == "report":
         from nanoenv.records.report import write_report
         from nanoenv.tasks import load_task

@@ -78,7 +78,9 @@ class RunStore:
         self.path = Path(runs_dir) / DB_NAME
         self._ready = False
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
+        """A connection to the store (the schema made on first use); for the tables beside
+        the runs index, such as the record book."""
         return sqlite3.connect(self.path, timeout=30) if self._ready else self._setup()
 
     def _setup(self) -> sqlite3.Connection:
@@ -118,7 +120,7 @@ class RunStore:
         artifacts_dir: str | None,
     ) -> None:
         """Record that a step has started."""
-        with self._connect() as con:
+        with self.connect() as con:
             con.execute(
                 "INSERT OR REPLACE INTO steps (episode, step, task, smoke, sandbox, status, owner, "
                 "started_at, action, fingerprint, artifacts_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -132,7 +134,7 @@ class RunStore:
     ) -> None:
         """Complete a step's row with its result (and the episode's progress then)."""
         progress = progress or {}
-        with self._connect() as con:
+        with self.connect() as con:
             con.execute(
                 "UPDATE steps SET status='finished', finished_at=?, base=?, script_sha256=?, seed=?, "
                 "outcome=?, reward=?, val_loss=?, hidden_val_loss=?, train_time_s=?, verified=?, "
@@ -159,7 +161,7 @@ class RunStore:
         sql = f"SELECT {', '.join(COLUMNS)} FROM steps" + (
             f" WHERE {' AND '.join(where)}" if where else ""
         )
-        with self._connect() as con:
+        with self.connect() as con:
             rows = [
                 dict(zip(COLUMNS, r, strict=True))
                 for r in con.execute(sql + " ORDER BY started_at, step", args)
