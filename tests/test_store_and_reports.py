@@ -232,22 +232,28 @@ def test_plotted_curves_are_on_the_harness_clock_not_the_scripts():
 
 
 def test_report_shows_this_machines_record_book(tmp_path):
-    """The report draws the record book beside the episode's frontier and tabulates it."""
+    """The report draws the record book beside the episode's frontier and tabulates it: the
+    book claim() keeps for the episode's task at its size (a GPU track's smoke size runs on the
+    CPU, so its book is not the full task's)."""
     from nanoenv.records.book import Entry, RecordBook, book_key
-    from nanoenv.tasks import load_task
+    from nanoenv.settings import resolve
     from nanoenv.types import LossPoint, Verdict
 
     runs = tmp_path / "runs"
     folder = runs / "ep1"
     (folder / "step-0001").mkdir(parents=True)
-    (folder / "episode.json").write_text(json.dumps({"task": "Speedrun-Tiny-v0", "smoke": True,
+    (folder / "episode.json").write_text(json.dumps({"task": "Speedrun-GPT2-1xH100-v0", "smoke": True,
                                                     "sandbox": "local", "seed": 1}))  # fmt: skip
     curve = [LossPoint(step=s, val_loss=4.0 - s / 10, received_s=1.0 + s) for s in (0, 10)]
     result = RunResult(step=1, outcome=Outcome.OK, curve=curve, val_loss=3.0, train_time_s=11.0,
                        verdict=Verdict(verified=True))  # fmt: skip
     (folder / "step-0001" / "result.json").write_text(result.model_dump_json())
     assert "No record book" in write_report(folder).read_text()
-    key = book_key(load_task("Speedrun-Tiny-v0"), True, "local")
+    # keyed as claim() keys it: the task as resolved at its smoke size
+    task = resolve(
+        "Speedrun-GPT2-1xH100-v0", sandbox="local", smoke=True, paired_baseline=False
+    ).task
+    key = book_key(task, True, "local")
     book = RecordBook(runs)
     book.append(key, Entry(0, "baseline script", 12.5, 3.1, 1.0))
     book.append(key, Entry(1, "faster script", 9.25, 3.05, 0.74, run="ep0/3"))

@@ -117,7 +117,8 @@ class RecordBook:
 
 
 def book_key(task: Any, smoke: bool, sandbox: str) -> BookKey:
-    """The book a task's records on this machine belong to."""
+    """The book a task's records on this machine belong to (``task`` at the size the runs had:
+    ``smoke_task(task)`` for a smoke book, as settings.resolve gives it)."""
     from nanoenv import baselines
 
     fp = baselines.fingerprint_id(baselines.fingerprint(task, sandbox))

@@ -36,13 +36,15 @@ def episode_results(episode_dir: Path) -> list[RunResult]:
 def episode_record_book(episode_dir: Path, meta: dict) -> list[Entry]:
     """The record book of the episode's task and size on this machine, from the runs folder the
     episode is in (empty where none was opened, or the task is no longer known)."""
-    from nanoenv.tasks import load_task
+    from nanoenv.tasks import load_task, smoke_task
 
+    smoke = bool(meta.get("smoke"))
     try:
         task = load_task(str(meta["task"]))
+        task = smoke_task(task) if smoke else task  # as a claim keys it (settings.resolve)
     except (KeyError, TaskError):
         return []
-    key = book_key(task, bool(meta.get("smoke")), str(meta.get("sandbox") or "local"))
+    key = book_key(task, smoke, str(meta.get("sandbox") or "local"))
     return RecordBook(episode_dir.parent).history(key)
 
 
