@@ -212,7 +212,8 @@ def test_plots_draw_curves_and_the_frontier(tmp_path):
     curves = plot_curves([("a", run(3.2)), ("b", run(3.0)), ("empty", RunResult(step=3, outcome=Outcome.CRASHED))],
                          tmp_path / "curves.png", target=3.3, title="two runs")  # fmt: skip
     front = plot_frontier([("a", 2.0, 3.2), ("b", 3.0, 3.0), ("dominated", 3.5, 3.3)],
-                          tmp_path / "front.png", target=3.3)  # fmt: skip
+                          tmp_path / "front.png", target=3.3,
+                          records=[("baseline", 3.1, 3.25), ("record 1", 2.5, 3.2)])  # fmt: skip
     for png in (curves, front):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
