@@ -15,7 +15,7 @@ from pathlib import Path
 from nanoenv.errors import TaskError
 from nanoenv.records.artifacts import load_result
 from nanoenv.records.book import Entry, RecordBook, book_key
-from nanoenv.types import RunResult
+from nanoenv.types import RunResult, TaskSpec
 
 
 def _img(path: Path) -> str:
@@ -33,29 +33,24 @@ def episode_results(episode_dir: Path) -> list[RunResult]:
     return [r for r in found if r is not None]
 
 
-def episode_record_book(episode_dir: Path, meta: dict) -> list[Entry]:
-    """The record book of the episode's task and size on this machine, from the runs folder the
-    episode is in (empty where none was opened, or the task is no longer known)."""
+def _task(meta: dict) -> TaskSpec | None:
+    """The episode's task at the size it ran (None when it is no longer known)."""
     from nanoenv.tasks import load_task, smoke_task
 
-    smoke = bool(meta.get("smoke"))
     try:
         task = load_task(str(meta["task"]))
-        task = smoke_task(task) if smoke else task  # as a claim keys it (settings.resolve)
+        return smoke_task(task) if meta.get("smoke") else task  # as a claim keys it (resolve)
     except (KeyError, TaskError):
+        return None
+
+
+def episode_record_book(episode_dir: Path, meta: dict, task: TaskSpec | None) -> list[Entry]:
+    """The record book of the episode's task and size on this machine, from the runs folder the
+    episode is in (empty where none was opened, or the task is no longer known)."""
+    if task is None:
         return []
-    key = book_key(task, smoke, str(meta.get("sandbox") or "local"))
+    key = book_key(task, bool(meta.get("smoke")), str(meta.get("sandbox") or "local"))
     return RecordBook(episode_dir.parent).history(key)
-
-
-def _allowance(meta: dict) -> float:
-    """The task's untimed warm-up allowance: what the harness clock leaves free."""
-    from nanoenv.tasks import load_task
-
-    try:
-        return load_task(str(meta["task"])).timing.untimed_allowance_s
-    except (KeyError, TaskError):
-        return 0.0
 
 
 def write_report(episode_dir: Path, *, target: float | None = None) -> Path:
@@ -65,10 +60,11 @@ def write_report(episode_dir: Path, *, target: float | None = None) -> Path:
     meta = json.loads((episode_dir / "episode.json").read_text())
     results = episode_results(episode_dir)
     labels = [f"step {r.step}" for r in results]
-    book = episode_record_book(episode_dir, meta)
+    task = _task(meta)
+    book = episode_record_book(episode_dir, meta, task)
     curves = plot_curves(list(zip(labels, results, strict=True)), episode_dir / "loss_curves.png",
                          target=target, title="loss against the harness clock",
-                         allowance_s=_allowance(meta))  # fmt: skip
+                         allowance_s=task.timing.untimed_allowance_s if task else 0.0)  # fmt: skip
     points = [(lab, r.train_time_s, r.val_loss) for lab, r in zip(labels, results, strict=True)
               if r.train_time_s is not None and r.val_loss is not None and r.verdict.verified]  # fmt: skip
     frontier = plot_frontier(points, episode_dir / "frontier.png", target=target,
