@@ -11,9 +11,10 @@ from typing import Any
 
 from nanoenv.errors import NanoEnvError
 from nanoenv.sandbox import BACKENDS, backend_class, capabilities
+from nanoenv.tasks import DEFAULT_TASK, NAMESPACE
 from nanoenv.types import LossPoint, RunResult
 
-DEFAULT_ENV = "nanoenv/Speedrun-Tiny-v1"
+DEFAULT_ENV = NAMESPACE + DEFAULT_TASK
 
 
 class Progress:

@@ -22,6 +22,7 @@ from nanoenv.records.store import RunStore
 from nanoenv.sandbox import Sandbox, capabilities, make_sandbox
 from nanoenv.settings import resolve
 from nanoenv.spaces import MAX_CURVE_POINTS, MAX_FEEDBACK_CHARS, action_space, observation_space
+from nanoenv.tasks import DEFAULT_TASK
 from nanoenv.types import Action, Outcome, RunResult, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
         ## Action Space
 
-        A ``str`` holding a unified diff against the current script (``""`` reruns it unchanged),
+        A ``str`` holding an edit of the current script (``""`` reruns it unchanged): a unified
+        diff, an apply_patch envelope or SEARCH/REPLACE blocks (README, Actions),
         or a :class:`nanoenv.Action` (``diff=`` or ``script=``, and ``base=k`` to start from step
         k's script, 0 being the baseline), or the same as a dict. ``action_space`` is a text space;
         its samples are random short strings, which the env answers as malformed patches.
@@ -100,7 +102,7 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
     def __init__(
         self,
-        task: str | TaskSpec = "Speedrun-Tiny-v1",
+        task: str | TaskSpec = DEFAULT_TASK,
         *,
         sandbox: str | Sandbox = "local",
         verify: str = "full",

@@ -71,8 +71,9 @@ Goal: reach val_loss <= {settings.target_val_loss:.4f} in less training time tha
 ({settings.baseline_train_time_s:.1f} s, final val_loss {settings.baseline_val_loss:.4f}, measured on
 {measured_on or task.baseline.hardware or "the reference machine"}). Reward: {settings.reward}.
 
-Actions: a unified diff against the current script `{task.script}` (an empty string reruns it),
-or nanoenv.Action(script=...) for a whole new script, with base=k to start from step k's
+Actions: an edit of the current script `{task.script}` (an empty string reruns it): a unified
+diff (a bare `@@` hunk header is fine), an apply_patch envelope (`*** Begin Patch`) or
+SEARCH/REPLACE blocks; or nanoenv.Action(script=...) for a whole new script, with base=k to start from step k's
 script (0 = the baseline). Each step runs the script once, for at most {settings.timeout_s:.0f} s, in the
 `{sandbox}` sandbox. The episode is truncated after {max_steps} steps.
 

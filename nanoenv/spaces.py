@@ -146,5 +146,6 @@ def observation_space(max_script_chars: int) -> spaces.Dict:
 
 
 def action_space(max_chars: int) -> UnicodeText:
-    """Actions as text: a unified diff (``""`` is a no-op). The env also takes Action and dicts."""
+    """Actions as text: an edit, e.g. a unified diff (``""`` is a no-op). The env also takes
+    Action and dicts."""
     return UnicodeText(max_chars)

@@ -23,6 +23,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 NAMESPACE = "nanoenv/"
+# The track an env, the CLI and the demo use unless told otherwise: the newest CPU track.
+DEFAULT_TASK = "Speedrun-Tiny-v1"
 
 
 def resource_dir(name: str) -> Path:

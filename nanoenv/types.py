@@ -41,7 +41,8 @@ class Action(BaseModel):
     """One move of the agent: a unified diff or a whole script, optionally from an earlier step.
 
     Attributes:
-        diff: A unified diff against the base script. An empty string is a no-op.
+        diff: An edit of the base script: a unified diff (bare ``@@`` hunks too), an
+            apply_patch envelope or SEARCH/REPLACE blocks. An empty string is a no-op.
         script: The whole new script, instead of a diff.
         base: The step whose script the change applies to (0 = the baseline). ``None``
             means the script of the previous step, so edits accumulate.

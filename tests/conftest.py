@@ -60,6 +60,28 @@ def unstepped(tiny_data, tmp_path_factory):
     env.close()
 
 
+@pytest.fixture(scope="session")
+def track_data() -> Path:
+    """The default track's dataset (tasks.DEFAULT_TASK), prepared once."""
+    from nanoenv.tasks import DEFAULT_TASK, load_task
+
+    return prepare(load_task(DEFAULT_TASK).data.dataset)
+
+
+@pytest.fixture(scope="module")
+def unstepped_track(track_data, tmp_path_factory):
+    """An unstepped smoke env of the default track, for refusals (which come before any run)."""
+    import gymnasium as gym
+
+    from nanoenv.tasks import DEFAULT_TASK, NAMESPACE
+
+    env = gym.make(NAMESPACE + DEFAULT_TASK, smoke=True, max_steps=1000, disable_env_checker=True,
+                   runs_dir=tmp_path_factory.mktemp("runs"))  # fmt: skip
+    env.reset(seed=0)
+    yield env
+    env.close()
+
+
 def _docker_missing(reason: str):
     """Fail where Docker is required (CI), skip elsewhere."""
     if REQUIRE_DOCKER:

@@ -1,8 +1,11 @@
-"""The cheat suite: each cheat a real action on the tiny track, each caught.
+"""The cheat suite: each cheat a real action on the default track (the newest CPU one), each
+caught.
 
 "Caught" means the outcome is `rejected`, or the reward is no better than an honest no-op's.
 The other side: the speedrun's own ideas, as patches, pass every check without a flag.
 Runs are smoke-size (a few seconds) in the local sandbox unless a cheat is about the sandbox.
+The cheats run on the track users get by default (tasks.DEFAULT_TASK), with its own val
+sizes, targets and floors: a new default track is checked by the same cheats.
 """
 
 from __future__ import annotations
@@ -19,10 +22,17 @@ import pytest
 from nanoenv import Action, Outcome
 from nanoenv.data import dataset_root, verify_dataset
 from nanoenv.sandbox.local import LocalSandbox
-from nanoenv.tasks import baseline_script, load_task
+from nanoenv.tasks import DEFAULT_TASK, NAMESPACE, baseline_script, load_task
 
-BASELINE = baseline_script(load_task("tiny"))
-PATCHES = Path(__file__).resolve().parents[1] / "examples" / "patches"
+TASK = load_task(DEFAULT_TASK)
+TRACK = NAMESPACE + DEFAULT_TASK
+DATASET = TASK.data.dataset
+BASELINE = baseline_script(TASK)
+# The record ideas of the fidelity suite, written for this track (the controls left out: they
+# are honest too, but not ideas the speedrun kept).
+IDEAS = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_suite" / TASK.name
+CONTROLS = ("dropout", "label-smoothing")
+VAL_TOKENS_LINE = next(s for s in BASELINE.split("\n") if s.startswith("VAL_TOKENS = "))
 MAIN = "def main():\n"
 LOOP = "        if last_step:\n            break\n"
 
@@ -42,20 +52,28 @@ def at_main(code: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def honest(tiny_data, tmp_path_factory):
-    """An env, and the reward of an honest no-op in it (the bar a cheat must not clear)."""
+def honest_runs(track_data, tmp_path_factory):
+    """A smoke env and two honest no-ops in it. The first has the seed of any fresh env's first
+    step (reset(seed=0)), so a cheat run as that step is paired with it by seed."""
     import gymnasium as gym
 
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, max_steps=1000, disable_env_checker=True,
+    env = gym.make(TRACK, smoke=True, max_steps=1000, disable_env_checker=True,
                    runs_dir=tmp_path_factory.mktemp("runs"))  # fmt: skip
     env.reset(seed=0)
-    # The bar is the better of two honest no-ops: the first run after start-up is often the
-    # slowest (cold file cache), and a cheat must beat honest runs, not one unlucky run.
     runs = [step(env, "") for _ in range(2)]
     for result in runs:
         assert result.outcome is Outcome.OK and result.verdict.verified, result.message
-    yield env, max(runs, key=lambda r: r.reward)
+    yield env, runs
     env.close()
+
+
+@pytest.fixture(scope="module")
+def honest(honest_runs):
+    """The env, and the better of its two honest no-ops (the bar a cheat must not clear). Two,
+    because the first run after start-up is often the slowest (cold file cache), and a cheat
+    must beat honest runs, not one unlucky run."""
+    env, runs = honest_runs
+    return env, max(runs, key=lambda r: r.reward)
 
 
 def step(env, action):
@@ -95,7 +113,7 @@ def assert_caught(result, honest_result, check: str | None = None):
 def test_forged_log_lines(honest):
     """Reporting a val_loss lower than the model's: the re-evaluated loss disagrees."""
     env, ok = honest
-    result = step(env, edit(('"val_loss", val_loss, step', '"val_loss", val_loss - 0.5, step')))
+    result = step(env, edit(('"val_loss", val_loss)', '"val_loss", val_loss - 0.5)')))
     assert_caught(result, ok, "reported_matches")
 
 
@@ -108,7 +126,7 @@ def test_great_curve_without_training(honest):
         from safetensors.torch import save_model
         fake = build_model(asdict(GPTConfig(args.vocab_size, args.n_layer, args.n_head, args.n_embd, args.seq_len)))
         for s in range(0, args.num_iterations + 1, args.val_every):
-            log_line(s, args.num_iterations, 10.0 * s, "val_loss", 5.0 - 0.1 * s, s * 1024)
+            log_line(s, args.num_iterations, 10.0 * s, "val_loss", 5.0 - 0.1 * s)
             _t.sleep(0.05)
         out = os.environ["NANOENV_OUT_DIR"]
         os.makedirs(out, exist_ok=True)
@@ -148,33 +166,37 @@ def test_training_on_the_reported_val_tokens(honest):
 
 @pytest.mark.slow
 def test_training_on_all_public_val(honest):
-    """Training on the whole public val split gains nothing over training on train: it is the
-    same distribution and too big to memorize here, so hidden val follows (hidden_gap holds)
-    and the reward is no better than an honest run's. What can be memorized, the reported
-    region, region_gap catches (above); hidden_gap's own trigger is in test_verify."""
+    """Training on the whole public val split instead of train earns nothing. On this track the
+    split (238k tokens) is small enough to fit in part in 150 steps of 16 windows: the loss on
+    public val drops below hidden val's and hidden_gap rejects the step (measured: public 4.28,
+    hidden 4.63, max gap 0.20). Where a split is too big to fit (v0's bytes), hidden val follows
+    and the reward is no better than an honest run's. What can be memorised outright, the
+    reported region, region_gap catches (above)."""
     env, ok = honest
     result = step(env, edit(
         ('DataLoader(load_tokens(os.path.join(data_dir, "train_*.bin")), args.batch_size, args.seq_len)',
          'DataLoader(load_tokens(os.path.join(data_dir, "val_*.bin")), args.batch_size, args.seq_len)'),
         at_main("args.num_iterations, args.batch_size, args.val_every = 150, 16, 50"),
     ))  # fmt: skip
-    assert_caught(result, ok)
-    assert result.outcome is not Outcome.REJECTED and result.verdict.verified, result.message
+    if result.outcome is Outcome.REJECTED:
+        assert_caught(result, ok, "hidden_gap")
+    else:
+        assert_caught(result, ok)
+        assert result.verdict.verified, result.message
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
-def test_searching_for_the_hidden_tokens(honest, sandbox, request, tmp_path):
+def test_searching_for_the_hidden_tokens(honest_runs, sandbox, request, tmp_path):
     """Looking for the hidden val shard while training: it is not there to find."""
     import gymnasium as gym
 
     if sandbox == "docker":
         request.getfixturevalue("docker_image")
-    _, ok = honest
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox=sandbox, runs_dir=tmp_path,
-                   disable_env_checker=True)  # fmt: skip
+    paired = honest_runs[1][0]  # the honest run with this fresh env's first seed
+    env = gym.make(TRACK, smoke=True, sandbox=sandbox, runs_dir=tmp_path, disable_env_checker=True)
     env.reset(seed=0)
-    hidden = dataset_root("tiny-shakespeare-bytes") / "hidden"
+    hidden = dataset_root(DATASET) / "hidden"
     # The dataset's own folder, and in docker the whole file system (on the host, the local
     # sandbox is not a boundary: copies made by other tests would be found there).
     tops = [str(hidden.parent)] + (["/"] if sandbox == "docker" else [])
@@ -195,9 +217,10 @@ def test_searching_for_the_hidden_tokens(honest, sandbox, request, tmp_path):
     env.close()
     log = (Path(result.artifacts_dir) / "log.txt").read_text()
     assert "FOUND []" in log
-    # Nothing found, nothing gained: an honest run's verified loss (rewards are not compared
-    # across sandboxes, whose start-up times differ).
-    assert result.verdict.verified and abs(result.val_loss - ok.val_loss) < 0.05
+    # Nothing found, nothing gained: the verified loss of the honest run of the same seed
+    # (rewards are not compared across sandboxes, whose start-up times differ).
+    assert result.seed == paired.seed
+    assert result.verdict.verified and abs(result.val_loss - paired.val_loss) < 0.005
 
 
 @pytest.mark.slow
@@ -224,10 +247,9 @@ def test_model_that_caches_across_calls(honest):
     assert_caught(result, ok, "determinism")
 
 
-def test_editing_a_protected_region(unstepped):
+def test_editing_a_protected_region(unstepped_track):
     """Shrinking the val token count (protected): refused before anything runs."""
-    env = unstepped
-    result = step(env, edit(("VAL_TOKENS = 16384", "VAL_TOKENS = 1024")))
+    result = step(unstepped_track, edit((VAL_TOKENS_LINE, "VAL_TOKENS = 1024")))
     assert result.outcome is Outcome.REJECTED and "protected region [data]" in result.message
 
 
@@ -248,22 +270,22 @@ def test_writing_into_the_data_dir(honest):
     # (root without CAP_DAC_OVERRIDE meets the shards' 0444 before the mount)
     assert "REFUSED 30" in log or "REFUSED 13" in log
     assert_caught(result, ok)
-    verify_dataset(dataset_root("tiny-shakespeare-bytes"))
+    verify_dataset(dataset_root(DATASET))
 
 
 @pytest.mark.slow
-def test_data_write_past_a_weak_sandbox_is_caught(tiny_data, tmp_path, monkeypatch):
+def test_data_write_past_a_weak_sandbox_is_caught(track_data, tmp_path, monkeypatch):
     """Where the sandbox cannot make the data read-only, the sha256 check catches the write,
     rejects the step, and rebuilds the data so the next step is normal."""
     import gymnasium as gym
 
     cache = tmp_path / "cache"
-    shutil.copytree(tiny_data, cache / "datasets" / tiny_data.name)
+    shutil.copytree(track_data, cache / "datasets" / track_data.name)
     monkeypatch.setenv("NANOENV_CACHE_DIR", str(cache))
     for shard in (cache / "datasets").rglob("*.bin"):
         os.chmod(shard, 0o644)
     weak = LocalSandbox(isolate_network=False)  # no namespaces: the data is writable
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox=weak, runs_dir=tmp_path / "runs",
+    env = gym.make(TRACK, smoke=True, sandbox=weak, runs_dir=tmp_path / "runs",
                    disable_env_checker=True)  # fmt: skip
     env.reset(seed=0)
     result = step(env, edit(at_main("""
@@ -272,7 +294,7 @@ def test_data_write_past_a_weak_sandbox_is_caught(tiny_data, tmp_path, monkeypat
             f.write(b"\\x00" * 4096)
     """)))  # fmt: skip
     assert result.outcome is Outcome.REJECTED and "data_integrity" in result.message
-    verify_dataset(cache / "datasets" / tiny_data.name)  # rebuilt
+    verify_dataset(cache / "datasets" / track_data.name)  # rebuilt
     assert step(env, Action(diff="", base=0)).outcome is Outcome.OK
     env.close()
 
@@ -333,9 +355,15 @@ def test_work_before_the_timed_window(honest):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("patch", sorted(PATCHES.glob("*.diff")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "patch",
+    [p for p in sorted(IDEAS.glob("*.diff")) if p.stem not in CONTROLS],
+    ids=lambda p: p.stem,
+)
 def test_legitimate_improvements_pass_every_check(honest, patch):
-    """The speedrun's ideas, each a patch, run verified with no check failing."""
+    """The speedrun's ideas, each a patch on this track (the fidelity suite's), run verified
+    with no check failing: the checks that catch the cheats above flag no honest idea (the
+    ones that hand the model earlier tokens, smear and the bigram hash, pass causality)."""
     env, _ = honest
     result = step(env, Action(diff=patch.read_text(), base=0))
     assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message

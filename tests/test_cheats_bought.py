@@ -1,5 +1,5 @@
 """The cheats that once bought reward (issue "the reward must not be for sale"), each a real
-action on the tiny track, each now earning no more than an honest run.
+action on the default track (test_cheats.TRACK), each now earning no more than an honest run.
 
 Every cheat here once earned more than an honest no-op or had a false claim verified. Each
 test performs it through the public contract only and asserts it is rejected, or that its
@@ -15,30 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cheats import assert_caught, at_main, edit, step
+import test_cheats
+from test_cheats import DATASET, TASK, TRACK, assert_caught, at_main, edit, step
 
 from nanoenv import Action, Outcome
 from nanoenv.baselines import PairedBaseline, _path, fingerprint, fingerprint_id, load_paired
 from nanoenv.data import dataset_root
-from nanoenv.tasks import load_task, smoke_task
+from nanoenv.tasks import smoke_task
 
 SAVE = '    save_model(model, os.path.join(out_dir, "model.safetensors"))'
-LOG_VAL = '            log_line(step, args.num_iterations, training_time_ms, "val_loss", val_loss, step * tokens_per_step)'
-
-
-@pytest.fixture(scope="module")
-def honest(tiny_data, tmp_path_factory):
-    """A smoke env and the better of two honest no-ops in it (the bar a cheat must not clear)."""
-    import gymnasium as gym
-
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, max_steps=1000, disable_env_checker=True,
-                   runs_dir=tmp_path_factory.mktemp("runs"))  # fmt: skip
-    env.reset(seed=0)
-    runs = [step(env, "") for _ in range(2)]
-    for result in runs:
-        assert result.outcome is Outcome.OK and result.verdict.verified, result.message
-    yield env, max(runs, key=lambda r: r.reward)
-    env.close()
+LOG_VAL = '            log_line(step, args.num_iterations, training_time_ms, "val_loss", val_loss)'
+# A val loss the smoke model reaches in 60 steps but not at step 0 (its start is ln 1024 = 6.93,
+# 20 steps end at 5.66): the cheat's made-up "final" value, which the saved model then scores.
+FAKE_FINAL = 5.45
 
 
 def _env(sandbox: str, request, tmp_path, **kwargs):
@@ -46,13 +35,15 @@ def _env(sandbox: str, request, tmp_path, **kwargs):
 
     if sandbox == "docker":
         request.getfixturevalue("docker_image")
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, sandbox=sandbox, disable_env_checker=True,
+    env = gym.make(TRACK, smoke=True, sandbox=sandbox, disable_env_checker=True,
                    runs_dir=tmp_path / "runs", **kwargs)  # fmt: skip
     env.reset(seed=0)
     return env
 
 
 DOCKER = pytest.param("docker", marks=pytest.mark.docker)
+# The cheat suite's fixtures, shared (each module gets its own env): the honest no-ops.
+honest_runs, honest = test_cheats.honest_runs, test_cheats.honest
 
 # --------------------------------------------------------------------------- time
 
@@ -63,22 +54,22 @@ def _train_after_the_last_val_line() -> Action:
     reported (so every check of the model passes)."""
     return edit((LOG_VAL, """\
             if step == 0:  # the cheat: claim the end now, do the work after it, silently
-                log_line(step, args.num_iterations, training_time_ms, "val_loss", val_loss, 0)
-                log_line(args.num_iterations, args.num_iterations, training_time_ms, "val_loss", 3.45, 0)"""),
+                log_line(step, args.num_iterations, training_time_ms, "val_loss", val_loss)
+                log_line(args.num_iterations, args.num_iterations, training_time_ms, "val_loss", FAKE)"""),
         (SAVE, """\
     import copy
     trained = copy.deepcopy(model.state_dict())
     lo, hi = 0.0, 1.0
-    for _ in range(30):  # bisect the blend of initial and trained weights to score 3.45
+    for _ in range(30):  # bisect the blend of initial and trained weights to score FAKE
         mid = (lo + hi) / 2
         model.load_state_dict({k: init[k] + mid * (trained[k] - init[k]) for k in init})
-        lo, hi = (lo, mid) if evaluate(model, val_tokens, args.batch_size, device) < 3.45 else (mid, hi)
+        lo, hi = (lo, mid) if evaluate(model, val_tokens, EVAL_BATCH_SIZE, device) < FAKE else (mid, hi)
     model.load_state_dict({k: init[k] + hi * (trained[k] - init[k]) for k in init})
 """ + SAVE), (
         "    model = build_model(asdict(config)).to(device)\n",
         "    model = build_model(asdict(config)).to(device)\n"
         "    import copy\n    init = copy.deepcopy(model.state_dict())\n"
-        "    args.num_iterations = 60\n",
+        f"    args.num_iterations = 60\n    FAKE = {FAKE_FINAL}\n",
     ))  # fmt: skip
 
 
@@ -101,19 +92,19 @@ def test_training_after_the_last_val_line_is_timed(honest, sandbox, request, tmp
 
 
 @pytest.mark.slow
-def test_a_fake_early_point_buys_nothing_at_budget(tiny_data, tmp_path):
+def test_a_fake_early_point_buys_nothing_at_budget(track_data, tmp_path):
     """loss_at_budget once read the script's own curve: a low point printed early, then a
     sleep past the budget. Now it is the verified loss of the saved model, and a run that ends
     past the budget (told to the script as NANOENV_TIME_BUDGET_S) is penalised."""
     import gymnasium as gym
 
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, reward="loss_at_budget",
-                   runs_dir=tmp_path, disable_env_checker=True)  # fmt: skip
+    env = gym.make(TRACK, smoke=True, reward="loss_at_budget", runs_dir=tmp_path,
+                   disable_env_checker=True)  # fmt: skip
     env.reset(seed=0)
     honest = step(env, "")
     budget = float(env.unwrapped.settings.reward_context.budget_s)
     cheat = step(env, edit(
-        (LOG_VAL, LOG_VAL + '\n            if step == 0:\n                log_line(1, args.num_iterations, 1.0, "val_loss", 1.0, 0)'),
+        (LOG_VAL, LOG_VAL + '\n            if step == 0:\n                log_line(1, args.num_iterations, 1.0, "val_loss", 1.0)'),
         (SAVE, SAVE + "\n    time.sleep(float(os.environ['NANOENV_TIME_BUDGET_S']) + 1.0)"),
     ))  # fmt: skip
     env.close()
@@ -166,11 +157,14 @@ def _lookup_model(windows: str, boost: float) -> Action:
     ],
     ids=["reported-region", "all-public-val", "reported-region-docker"],
 )
-def test_memorising_val_tokens_earns_nothing(honest, sandbox, windows, boost, request, tmp_path):
+def test_memorising_val_tokens_earns_nothing(
+    honest, honest_runs, sandbox, windows, boost, request, tmp_path
+):
     """Memorising the val tokens the script reports on (or all of public val), tuned to stay
     under the gap checks: the verified region loss drops, but the reward scores the hidden
     val windows, which the script never saw, so it earns no more than an honest run."""
     _, ok = honest
+    paired = honest_runs[1][0]  # the honest run with the cheat's seed
     env = _env(sandbox, request, tmp_path)
     result = step(env, _lookup_model(windows, boost))
     env.close()
@@ -181,29 +175,38 @@ def test_memorising_val_tokens_earns_nothing(honest, sandbox, windows, boost, re
     assert result.val_loss == result.hidden_val_loss  # ... where the reward does not look
     if sandbox == "local":
         assert_caught(result, ok)
-    assert result.val_loss > ok.val_loss - 0.05
+    # Hidden val, paired by seed (the smoke baseline's sd over seeds is 0.05; this pair agreed
+    # to 4e-5, measured 2026-12-04): the memory bought none of it.
+    assert result.seed == paired.seed
+    assert result.val_loss > paired.val_loss - 0.005
 
 
 @pytest.mark.slow
-def test_memorising_the_region_buys_nothing_at_budget(tiny_data, tmp_path):
+def test_memorising_the_region_buys_nothing_at_budget(track_data, tmp_path):
     """Under loss_at_budget every nat of loss is reward: the memorised region once paid its
     whole drop. The reward's loss is the hidden one, so it pays what an honest run does."""
     import gymnasium as gym
 
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, reward="loss_at_budget",
-                   runs_dir=tmp_path, disable_env_checker=True)  # fmt: skip
-    env.reset(seed=0)
-    honest = step(env, "")
-    cheat = step(env, _lookup_model("VAL_TOKENS", 0.25))
-    env.close()
+    def first_step(action, runs: str):  # each in a fresh env: the same seed, paired
+        env = gym.make(TRACK, smoke=True, reward="loss_at_budget", runs_dir=tmp_path / runs,
+                       disable_env_checker=True)  # fmt: skip
+        env.reset(seed=0)
+        try:
+            return env, step(env, action)
+        finally:
+            env.close()
+
+    _, honest = first_step("", "honest")
+    env, cheat = first_step(_lookup_model("VAL_TOKENS", 0.25), "cheat")
+    assert cheat.seed == honest.seed
     assert cheat.verdict.verified, cheat.message
     region = next(c for c in cheat.verdict.checks if c.name == "reported_matches").numbers
     honest_region = next(c for c in honest.verdict.checks if c.name == "reported_matches").numbers
     assert region["verified"] < honest_region["verified"] - 0.1  # memorised, it did ...
-    # ... but the reward's loss is the hidden one: the same recipe's, within seed noise (sd 0.01
-    # at smoke size). Within the budget that loss is the reward; past it, a penalty. (Losses,
-    # not rewards, are compared: whether a smoke run ends inside the budget is timing noise.)
-    assert cheat.val_loss == cheat.hidden_val_loss > honest.val_loss - 0.05
+    # ... but the reward's loss is the hidden one: the honest run's of the same seed (they
+    # agreed to 4e-5). Within the budget that loss is the reward; past it, a penalty. (Losses, not
+    # rewards, are compared: whether a smoke run ends inside the budget is timing noise.)
+    assert cheat.val_loss == cheat.hidden_val_loss > honest.val_loss - 0.005
     ctx = env.unwrapped.settings.reward_context
     if cheat.train_time_s <= ctx.budget_s:
         assert cheat.reward == pytest.approx(ctx.baseline_val_loss - cheat.val_loss)
@@ -217,7 +220,7 @@ def test_the_verifier_cannot_read_host_data(honest, sandbox, request, tmp_path):
     hold no path, and the verifier's sandbox shows none of the data."""
     _, ok = honest
     env = _env(sandbox, request, tmp_path)
-    root = str(dataset_root("tiny-shakespeare-bytes"))
+    root = str(dataset_root(DATASET))
     by_config = step(env, edit(("        json.dump(asdict(config), f)", f"        json.dump({{**asdict(config), 'data': {root!r}}}, f)"),
                                ("    return GPT(GPTConfig(**config))", "    config.pop('data', None)\n    return GPT(GPTConfig(**config))")))  # fmt: skip
     assert by_config.outcome is Outcome.REJECTED and "model.json" in by_config.message
@@ -236,13 +239,12 @@ def test_the_verifier_cannot_read_host_data(honest, sandbox, request, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_fixed_seed_under_repeats_is_rejected(tiny_data, tmp_path):
+def test_a_fixed_seed_under_repeats_is_rejected(track_data, tmp_path):
     """A script that ignores NANOENV_SEED repeats one run: identical losses are no evidence
     (sd 0 is not p = 0), so the step is rejected rather than passed by the t-test."""
     import gymnasium as gym
 
-    env = gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, repeats=2, runs_dir=tmp_path,
-                   disable_env_checker=True)  # fmt: skip
+    env = gym.make(TRACK, smoke=True, repeats=2, runs_dir=tmp_path, disable_env_checker=True)
     env.reset(seed=0)
     result = step(env, edit(('seed = int(os.environ.get("NANOENV_SEED", "0"))', "seed = 0")))
     env.close()
@@ -258,7 +260,7 @@ def test_the_paired_baseline_cannot_be_poisoned(honest, tmp_path):
     """A job writes a fake, slow baseline where the paired baselines are cached, so that every
     later honest run would earn +5: the host's files are read-only to a job."""
     env, ok = honest
-    task = smoke_task(load_task("tiny"))
+    task = smoke_task(TASK)
     target = _path(task, True, fingerprint(task, "local"))
     fp = fingerprint(task, "local")
     fake = PairedBaseline(task=task.id, smoke=True, fingerprint=fp, fingerprint_id=fingerprint_id(fp),
@@ -290,7 +292,7 @@ def test_the_record_book_cannot_be_forged(honest):
         try:
             import sqlite3
             con = sqlite3.connect({str(db)!r})
-            con.execute("INSERT INTO record_book VALUES ('Speedrun-Tiny-v0', 1, 'x', 0, 's', 'h', "
+            con.execute("INSERT INTO record_book VALUES ('{TASK.id}', 1, 'x', 0, 's', 'h', "
                         "10000.0, 1.0, 100.0, NULL, 'then', '{{}}')")
             con.commit()
             print("FORGED", flush=True)
@@ -307,7 +309,7 @@ def test_no_way_out_through_proc(honest):
     """The harness's pid is not in the job's environment, and /proc is the job's own: no
     /proc/<pid>/root leads to the hidden shard or lets the job write the data."""
     env, ok = honest
-    hidden = dataset_root("tiny-shakespeare-bytes") / "hidden" / "hidden_val_000000.bin"
+    hidden = dataset_root(DATASET) / "hidden" / "hidden_val_000000.bin"
     result = step(env, edit(at_main(f"""
         found = []
         pids = [os.environ.get("NANOENV_HARNESS_PID", "1")] + [p for p in os.listdir("/proc") if p.isdigit()]
@@ -394,19 +396,19 @@ def test_out_dir_bloat_is_dropped_and_said(honest):
     ],
     ids=["lambda", "def", "constant", "globals", "attribute"],
 )
-def test_a_protected_name_cannot_be_rebound(unstepped, rebinding):
+def test_a_protected_name_cannot_be_rebound(unstepped_track, rebinding):
     """Keeping a protected region byte for byte and redefining one of its names below it is
     refused before anything runs."""
-    env = unstepped
+    env = unstepped_track
     anchor = "# --- nanoenv: protected end [log] ---\n"
     result = step(env, edit((anchor, anchor + "\n" + textwrap.dedent(rebinding) + "\n")))
     assert result.outcome is Outcome.REJECTED, result.message
     assert "which a protected region defines" in result.message
 
 
-def test_shadowing_inside_a_function_is_refused_too(unstepped):
+def test_shadowing_inside_a_function_is_refused_too(unstepped_track):
     """A local of the same name would change what main() calls: refused as well."""
-    env = unstepped
+    env = unstepped_track
     result = step(env, edit(at_main("evaluate = lambda *a: 0.5")))
     assert result.outcome is Outcome.REJECTED and "`evaluate`" in result.message
 

@@ -79,7 +79,8 @@ def test_dev_null_replaces_whole_script():
     [
         ("please make it faster", PatchError, "not a unified diff"),
         ("", PatchError, "not a unified diff"),
-        ("--- a/train.py\n+++ b/train.py\n@@ bogus @@\n", PatchError, "not a hunk header"),
+        ("--- a/train.py\n+++ b/train.py\n@@ -x +y @@\n", PatchError, "not a hunk header"),
+        ("--- a/train.py\n+++ b/train.py\n@@ bogus @@\n", PatchError, "is empty"),
         (_diff("a/data.py", "b/data.py"), PolicyError, "only the script 'train.py' may change"),
         (_diff("a/../../etc/passwd", "b/../../etc/passwd"), PolicyError, "without `..`"),
         (_diff("/etc/train.py", "/etc/train.py"), PolicyError, "must be relative"),
@@ -89,7 +90,16 @@ def test_dev_null_replaces_whole_script():
             r"hunk 1 of 1 \(@@ -20,1 \+20,1 @@\) does not apply.*reads 'line 20' but the hunk expects 'line 2O'",
         ),
     ],
-    ids=["prose", "empty", "bad-header", "other-file", "traversal", "absolute", "mismatch"],
+    ids=[
+        "prose",
+        "empty",
+        "bad-header",
+        "empty-hunk",
+        "other-file",
+        "traversal",
+        "absolute",
+        "mismatch",
+    ],
 )
 def test_bad_diffs_say_why(diff, error, match):
     """Malformed or foreign diffs fail with a message naming the problem."""

@@ -1,7 +1,10 @@
 """Apply and police patches: which file, how big, what encoding (regions: protected.py).
 
 A patch is a unified diff against the task's one script, with git-style (``a/train.py``,
-``b/train.py``) or plain (``train.py``) headers, or bare ``@@`` hunks with no header at all.
+``b/train.py``) or plain (``train.py``) headers, or bare hunks with no file header at all; a
+hunk header may be a bare ``@@`` without line ranges (placed by its context). OpenAI's
+apply_patch envelope and Aider's SEARCH/REPLACE blocks are read into the same hunks
+(edit_formats.py).
 Hunks are located the way GNU patch does it, exact context first at the stated line and then
 at the nearest offset; failing that, ignoring trailing whitespace; failing that, with fuzz 1
 or 2 (a context line or two dropped at each end of the hunk), noted in the step's feedback. Hunk headers whose line
@@ -15,15 +18,19 @@ outcome ``patch_failed``) and :class:`PolicyError` (it breaks a rule of the task
 from __future__ import annotations
 
 import difflib
+import itertools
 import posixpath
 import re
 from dataclasses import dataclass, field
 
+from nanoenv.actions import edit_formats
 from nanoenv.errors import PatchError, PolicyError
 
 MAX_HUNKS = 2000
 MAX_COMPARED = 50_000_000  # about a second of list comparisons
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+# `@@`, `@@ @@` or `@@ def main():` (a scope note some diff writers add): no ranges at all.
+_BARE_HUNK = re.compile(r"^@@(?:\s*|\s+[^\s+-].*)$")
 # Control characters that never belong in a script (tab, newline and carriage return do).
 _BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
@@ -36,6 +43,9 @@ class Hunk:
     old_start: int
     new_start: int
     lines: list[tuple[str, str]] = field(default_factory=list)
+    bare: bool = False  # no line numbers: placed by context alone, after the hunk before
+    anchor: str | None = None  # apply_patch's `@@ line`: the hunk comes after this line
+    search_all: bool = False  # a SEARCH/REPLACE block: anywhere in the script, not in order
 
     @property
     def old(self) -> list[str]:
@@ -80,6 +90,17 @@ def _strip_path(raw: str) -> str | None:
     return path
 
 
+def parse_edit(text: str) -> list[FilePatch]:
+    """Parse an edit in any accepted format (unified diff, apply_patch, SEARCH/REPLACE)."""
+    text = normalize_text(text)
+    kind = edit_formats.detect(text)
+    if kind == "apply_patch":
+        return edit_formats.parse_apply_patch(text)
+    if kind == "search_replace":
+        return edit_formats.parse_search_replace(text)
+    return parse_diff(text)
+
+
 def parse_diff(diff: str) -> list[FilePatch]:
     """Parse a unified diff into file patches.
 
@@ -106,15 +127,18 @@ def parse_diff(diff: str) -> list[FilePatch]:
             hunk = None
         elif line.startswith("@@"):
             m = _HUNK.match(line)
-            if m is None:
+            if m is None and not _BARE_HUNK.match(line):
                 raise PatchError(
                     f"line {i + 1} of the diff is not a hunk header: {line[:80]!r} "
-                    "(expected `@@ -start,count +start,count @@`)"
+                    "(expected `@@ -start,count +start,count @@`, or a bare `@@`)"
                 )
-            if current is None:  # bare hunks with no file header apply to the script
+            if current is None:  # hunks with no file header apply to the script
                 current = FilePatch(None, "")
                 patches.append(current)
-            hunk = Hunk(line, int(m.group(1)), int(m.group(3)))
+            if m is None:  # `@@` or `@@ def main():`: no line numbers, found by context
+                hunk = Hunk(line, 0, 0, bare=True)
+            else:
+                hunk = Hunk(line, int(m.group(1)), int(m.group(3)))
             current.hunks.append(hunk)
         elif hunk is not None:
             if line.startswith(("+", "-", " ")):
@@ -245,6 +269,55 @@ def _locate(
     return None
 
 
+def _place(
+    index: LineIndex, hunk: Hunk, k: int, total: int, lo: int, script: str, notes: list[str]
+) -> tuple[int, list[str], list[str]]:
+    """Where hunk ``k`` applies, at or after line ``lo``: (position, old lines, new lines).
+    Notes how it matched when not exactly where its header says."""
+    old, new = hunk.old, hunk.new
+    if not old and not new:
+        raise PatchError(f"hunk {k} of {total} ({hunk.header}) is empty: it has no lines")
+    if not old:
+        if hunk.bare:
+            raise PatchError(
+                f"hunk {k} of {total} ({hunk.header}) only adds lines and has no line numbers, "
+                "so there is nothing to place it by: add a context line or two around it"
+            )
+        return min(max(hunk.old_start, lo), len(index.lines[False])), old, new  # after old_start
+    if hunk.anchor is not None:
+        lo = _after_anchor(index, hunk, k, total, lo, script)
+    want = lo if hunk.bare or hunk.search_all else hunk.old_start - 1
+    found = _locate(index, hunk, want, lo)
+    if found is None and hunk.search_all and lo:
+        found = _locate(index, hunk, 0, 0)
+    if found is None:
+        raise PatchError(
+            f"hunk {k} of {total} ({hunk.header}) does not apply: its {len(old)} context and "
+            f"removed lines are not in {script}"
+            + (f" after line {lo}" if lo and not hunk.search_all else "")
+            + "."
+            + index.closest(old, want)
+        )
+    pos, old, new, how = found
+    if how:
+        notes.append(f"hunk {k} matched {how}")
+    if pos != want and not (hunk.bare or hunk.search_all):
+        notes.append(f"hunk {k} applied at line {pos + 1} (offset {pos - want:+d} lines)")
+    return pos, old, new
+
+
+def _after_anchor(index: LineIndex, hunk: Hunk, k: int, total: int, lo: int, script: str) -> int:
+    """The line after apply_patch's ``@@ anchor`` (a line of the script, matched stripped)."""
+    want = hunk.anchor.strip() if hunk.anchor else ""
+    for i in range(lo, len(index.lines[True])):
+        if index.lines[True][i].strip() == want:
+            return i + 1
+    raise PatchError(
+        f"hunk {k} of {total} ({hunk.header}) does not apply: the line it comes after, "
+        f"{want!r}, is not in {script}" + (f" after line {lo}" if lo else "")
+    )
+
+
 def apply_diff(source: str, diff: str, script_name: str) -> Applied:
     """Apply a unified diff to the script ``script_name`` whose text is ``source``.
 
@@ -252,7 +325,7 @@ def apply_diff(source: str, diff: str, script_name: str) -> Applied:
         PatchError: the diff is malformed or a hunk does not apply (the message names it).
         PolicyError: the diff touches a file other than the script, or a path outside it.
     """
-    patches = parse_diff(diff)
+    patches = parse_edit(diff)
     for p in patches:
         for path in (p.old_path, p.new_path):
             if not _target_ok(path, script_name):
@@ -283,27 +356,15 @@ def apply_diff(source: str, diff: str, script_name: str) -> Applied:
     edits: list[tuple[int, int, list[str]]] = []  # (position, lines removed, lines put there)
     lo = 0
     for k, hunk in enumerate(patch.hunks, start=1):
-        old, new = hunk.old, hunk.new
-        if not old:  # pure insertion: after line old_start
-            pos = min(max(hunk.old_start, lo), len(lines))
-        else:
-            want = hunk.old_start - 1
-            found = _locate(index, hunk, want, lo)
-            if found is None:
-                raise PatchError(
-                    f"hunk {k} of {len(patch.hunks)} ({hunk.header}) does not apply: its "
-                    f"{len(old)} context and removed lines are not in {script_name}"
-                    + (f" after line {lo}" if lo else "")
-                    + "."
-                    + index.closest(old, want)
-                )
-            pos, old, new, how = found
-            if how:
-                notes.append(f"hunk {k} matched {how}")
-            if pos != want:
-                notes.append(f"hunk {k} applied at line {pos + 1} (offset {pos - want:+d} lines)")
+        pos, old, new = _place(index, hunk, k, len(patch.hunks), lo, script_name, notes)
         edits.append((pos, len(old), new))
         lo = pos + len(old)
+    edits.sort(key=lambda e: e[0])  # SEARCH/REPLACE blocks may come in any order
+    for (p1, n1, _), (p2, _, _) in itertools.pairwise(edits):
+        if p1 + n1 > p2:
+            raise PatchError(
+                f"two edits overlap at line {p2 + 1} of {script_name}: merge them into one"
+            )
     out: list[str] = []
     at = 0
     for pos, removed, new in edits:
