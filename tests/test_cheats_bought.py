@@ -169,15 +169,18 @@ def test_memorising_val_tokens_earns_nothing(
     result = step(env, _lookup_model(windows, boost))
     env.close()
     assert result.outcome is not Outcome.REJECTED and result.verdict.verified, result.message
+    assert result.seed == paired.seed
     region = next(c for c in result.verdict.checks if c.name == "reported_matches").numbers
-    honest_region = next(c for c in ok.verdict.checks if c.name == "reported_matches").numbers
-    assert region["verified"] < honest_region["verified"] - 0.05  # the memorising "worked"
+    honest_region = next(c for c in paired.verdict.checks if c.name == "reported_matches").numbers
+    # It "worked": the region's loss against the same seed's honest run (measured: 0.238 lower
+    # for the region at boost 0.25, 0.114 for all public val at 0.12; unpaired, the seeds' sd
+    # of 0.05 hid it once).
+    assert region["verified"] < honest_region["verified"] - 0.05
     assert result.val_loss == result.hidden_val_loss  # ... where the reward does not look
     if sandbox == "local":
         assert_caught(result, ok)
     # Hidden val, paired by seed (the smoke baseline's sd over seeds is 0.05; this pair agreed
     # to 4e-5, measured 2026-12-04): the memory bought none of it.
-    assert result.seed == paired.seed
     assert result.val_loss > paired.val_loss - 0.005
 
 

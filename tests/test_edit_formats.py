@@ -98,6 +98,14 @@ def test_each_format_gives_the_diffs_script(edit, kind, crlf):
     assert apply_diff(BASE, make_diff(BASE, WANT), "train.py").script == WANT
 
 
+def test_a_diff_whose_context_holds_a_marker_stays_a_diff():
+    """A unified diff of a script that itself contains the markers (as context) is a diff."""
+    source = "x = 1\n<<<<<<< SEARCH\n*** Begin Patch\ny = 2\n"
+    diff = make_diff(source, source.replace("y = 2", "y = 3"))
+    assert detect(diff) == "unified"
+    assert apply_diff(source, diff, "train.py").script == source.replace("y = 2", "y = 3")
+
+
 def test_a_bare_hunk_goes_after_the_one_before():
     """Without line numbers, a context that occurs twice is taken after the previous hunk."""
     source = "def a():\n    x = 1\n    return x\n\ndef b():\n    x = 1\n    return x\n"

@@ -35,9 +35,10 @@ from nanoenv.errors import PatchError
 
 BEGIN_PATCH = "*** Begin Patch"
 END_PATCH = "*** End Patch"
-SEARCH = re.compile(r"^\s*<{5,9} SEARCH\s*$")
-DIVIDER = re.compile(r"^\s*={5,9}\s*$")
-REPLACE = re.compile(r"^\s*>{5,9} REPLACE\s*$")
+# Markers start their line (a diff's context line " <<<<<<< SEARCH" is not one).
+SEARCH = re.compile(r"^<{5,9} SEARCH\s*$")
+DIVIDER = re.compile(r"^={5,9}\s*$")
+REPLACE = re.compile(r"^>{5,9} REPLACE\s*$")
 _FILE_OP = re.compile(r"^\*\*\* (Update|Add|Delete) File: (.+)$")
 _MOVE = "*** Move to: "
 _FENCE = re.compile(r"^\s*```")
@@ -46,7 +47,7 @@ _FENCE = re.compile(r"^\s*```")
 def detect(text: str) -> str:
     """Which format ``text`` is in: ``apply_patch``, ``search_replace`` or ``unified``."""
     lines = text.split("\n")
-    if any(line.strip() == BEGIN_PATCH for line in lines):
+    if any(line.rstrip() == BEGIN_PATCH for line in lines):
         return "apply_patch"
     if any(SEARCH.match(line) for line in lines):
         return "search_replace"
@@ -63,8 +64,8 @@ def parse_apply_patch(text: str) -> list:
     from nanoenv.actions.patching import FilePatch, Hunk
 
     lines = text.split("\n")
-    start = next(i for i, line in enumerate(lines) if line.strip() == BEGIN_PATCH)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == END_PATCH), None)
+    start = next(i for i, line in enumerate(lines) if line.rstrip() == BEGIN_PATCH)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].rstrip() == END_PATCH), None)
     if end is None:
         raise PatchError(f"the apply_patch edit has `{BEGIN_PATCH}` but no `{END_PATCH}` line")
     patches: list[FilePatch] = []
