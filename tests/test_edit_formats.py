@@ -116,6 +116,19 @@ def test_a_bare_hunk_goes_after_the_one_before():
     )
 
 
+def test_an_apply_patch_insertion_goes_after_its_anchor():
+    """`@@ line` followed only by `+` lines: inserted right after that line, without a note."""
+    edit = "*** Begin Patch\n*** Update File: train.py\n@@ class MLP(nn.Module):\n+    # ReLU^2 next\n*** End Patch\n"
+    applied = apply_diff(BASE, edit, "train.py")
+    assert applied.script == BASE.replace(
+        "class MLP(nn.Module):\n", "class MLP(nn.Module):\n    # ReLU^2 next\n"
+    )
+    assert applied.notes == []
+    assert (
+        apply_diff(BASE, APPLY_PATCH, "train.py").notes == []
+    )  # placed by context: no offset notes
+
+
 def test_a_scope_note_after_the_bare_at_signs_is_allowed():
     diff = f"@@ class MLP(nn.Module):\n-{OLD_ACT.rstrip()}\n+{NEW_ACT.rstrip()}\n"
     assert apply_diff(BASE, diff, "train.py").script == BASE.replace(OLD_ACT, NEW_ACT)

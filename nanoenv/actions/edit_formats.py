@@ -91,11 +91,11 @@ def parse_apply_patch(text: str) -> list:
         elif line.strip() == "*** End of File":
             continue
         elif line.startswith("@@"):
-            hunk = Hunk(line, 0, 0, anchor=line[2:].strip() or None)
+            hunk = Hunk(line, 0, 0, bare=True, anchor=line[2:].strip() or None)
             current.hunks.append(hunk)
         elif line.startswith(("+", "-", " ")) or line == "":
             if hunk is None:  # the format allows a file's first hunk without an @@ line
-                hunk = Hunk("@@", 0, 0)
+                hunk = Hunk("@@", 0, 0, bare=True)
                 current.hunks.append(hunk)
             hunk.lines.append((line[0], line[1:]) if line else (" ", ""))
         else:

@@ -277,6 +277,10 @@ def _place(
     old, new = hunk.old, hunk.new
     if not old and not new:
         raise PatchError(f"hunk {k} of {total} ({hunk.header}) is empty: it has no lines")
+    if hunk.anchor is not None:
+        lo = _after_anchor(index, hunk, k, total, lo, script)
+        if not old:  # apply_patch's `@@ line` then only `+` lines: right after that line
+            return lo, old, new
     if not old:
         if hunk.bare:
             raise PatchError(
@@ -284,8 +288,6 @@ def _place(
                 "so there is nothing to place it by: add a context line or two around it"
             )
         return min(max(hunk.old_start, lo), len(index.lines[False])), old, new  # after old_start
-    if hunk.anchor is not None:
-        lo = _after_anchor(index, hunk, k, total, lo, script)
     want = lo if hunk.bare or hunk.search_all else hunk.old_start - 1
     found = _locate(index, hunk, want, lo)
     if found is None and hunk.search_all and lo:
