@@ -378,10 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data)
 
     from nanoenv.claims import add_parsers as add_records_parsers
+    from nanoenv.integrations.serve_cli import add_parser as add_serve_parser
     from nanoenv.records.runs_cli import add_parsers
 
     add_parsers(sub)
     add_records_parsers(sub)
+    add_serve_parser(sub)
 
     sandbox = sub.add_parser(
         "sandbox", help="the backends (list); the Docker sandbox: build images, clean up"

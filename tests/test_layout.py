@@ -126,6 +126,22 @@ def test_rules_are_pure() -> None:
     }
 
 
+def test_integrations_are_reached_only_through_the_cli() -> None:
+    """Each integration is an extra: no room imports one, and the CLI reaches `nanoenv serve`
+    through serve_cli, which imports no extra at its top (the command runs without them)."""
+    for module, path in MODULES.items():
+        if module.startswith("nanoenv.integrations"):
+            continue
+        bad = {_owner(i) for i in _imports(path) if i.startswith("nanoenv.integrations")}
+        allowed = {"nanoenv.integrations.serve_cli"} if module == "nanoenv.cli" else set()
+        assert bad <= allowed, f"{module} imports {sorted(bad - allowed)}"
+    tree = ast.parse(MODULES["nanoenv.integrations.serve_cli"].read_text())
+    top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)}
+    assert not {t for t in top if t.split(".")[0] in ("openenv", "uvicorn", "fastapi")}
+    assert not {t for t in top if t.startswith("nanoenv.integrations.openenv")}
+
+
 def test_architecture_page_names_every_module() -> None:
     readme = (ROOT / "README.md").read_text()
     page = readme[readme.index("### Architecture") :]

@@ -1,0 +1,74 @@
+"""SpeedrunClient: OpenEnv's ``EnvClient`` for a served nanoenv, with typed messages.
+
+``GenericEnvClient`` works too (plain dicts). This one adds the token a server on a public
+address asks for, and a message timeout long enough for a training run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openenv.core.client_types import StepResult
+from openenv.core.env_client import EnvClient
+from websockets.asyncio.client import connect as ws_connect
+
+from nanoenv.integrations.openenv.models import SpeedrunAction, SpeedrunObservation, SpeedrunState
+
+# A step answers when its run has trained and been verified: minutes on the GPU tracks.
+DEFAULT_STEP_TIMEOUT_S = 3600.0
+
+
+class SpeedrunClient(EnvClient[SpeedrunAction, SpeedrunObservation, SpeedrunState]):
+    """A session with ``nanoenv serve``::
+
+        async with SpeedrunClient("http://127.0.0.1:8000") as env:
+            first = await env.reset(seed=0)
+            result = await env.step(SpeedrunAction(diff=patch))
+            print(result.reward, result.observation.outcome)
+
+    ``.sync()`` gives the same calls without ``await``.
+
+    Args:
+        base_url: The server (``http://`` or ``ws://``).
+        token: The server's token, if it asks for one.
+        message_timeout_s: How long to wait for an answer (a step is a whole run).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        message_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(base_url, message_timeout_s=message_timeout_s, **kwargs)
+        self.token = token
+
+    async def connect(self) -> SpeedrunClient:
+        """Open the session's socket, with the token if there is one."""
+        if self.token is None:
+            await super().connect()
+            return self
+        if self._ws is None:
+            self._ws = await ws_connect(
+                self._ws_url,
+                open_timeout=self._connect_timeout,
+                max_size=self._max_message_size,
+                additional_headers={"Authorization": f"Bearer {self.token}"},
+            )
+        return self
+
+    def _step_payload(self, action: SpeedrunAction | dict[str, Any] | str) -> dict[str, Any]:
+        if isinstance(action, str):  # a bare edit, as SpeedrunEnv.step takes it
+            action = SpeedrunAction(diff=action)
+        if isinstance(action, dict):
+            action = SpeedrunAction.model_validate(action)
+        return action.model_dump(exclude={"metadata"}, exclude_none=True)
+
+    def _parse_result(self, payload: dict[str, Any]) -> StepResult[SpeedrunObservation]:
+        fields = {"reward": payload.get("reward"), "done": payload.get("done", False)}
+        obs = SpeedrunObservation.model_validate({**payload.get("observation", {}), **fields})
+        return StepResult(observation=obs, reward=payload.get("reward"), done=obs.done)
+
+    def _parse_state(self, payload: dict[str, Any]) -> SpeedrunState:
+        return SpeedrunState.model_validate(payload)
