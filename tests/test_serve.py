@@ -217,17 +217,20 @@ def test_two_sessions_at_once_each_with_its_own_runs(serve):
 
 def test_an_idle_session_is_closed(serve):
     """A session with no message and no running step past the timeout is closed: its env is
-    closed, its slot freed, and its client's next message fails."""
+    closed, its slot freed, and its client told why (close code 1001, "idle")."""
     served = serve(idle_timeout_s=0.5)
 
     async def scenario():
         client = SpeedrunClient(served.url, message_timeout_s=10)
         await client.reset(seed=0)
+        [session] = served.sessions.open.values()
         await until(lambda: not served.sessions.open, what="the idle session closing")
-        with pytest.raises(Exception):  # noqa: B017 - the socket is gone: websockets' own error
-            await client.state()
+        await asyncio.wait_for(client._ws.wait_closed(), timeout=10)
+        return session, client._ws.close_code, client._ws.close_reason
 
-    asyncio.run(scenario())
+    session, code, reason = asyncio.run(scenario())
+    assert (code, session.closed, session.env._closed) == (1001, True, True)
+    assert "idle" in reason
     assert served.get("/capacity")[1]["active_sessions"] == 0
 
 

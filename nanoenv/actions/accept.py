@@ -98,7 +98,7 @@ def defines_build_model(script: str) -> bool:
     import ast
 
     try:
-        tree = ast.parse(script)
+        tree = protected.parse_module(script)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(isinstance(n, ast.FunctionDef) and n.name == "build_model" for n in tree.body)

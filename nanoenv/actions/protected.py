@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 
 from nanoenv.actions.patching import normalize_text
 from nanoenv.errors import PolicyError
 
 _PROTECTED = re.compile(r"^# --- nanoenv: protected (begin|end) \[([\w-]+)\] ---\s*$", re.M)
+# CPython 3.11.7 keeps ast.parse's recursion counter in state all threads share: two threads
+# parsing at once (two sessions of `nanoenv serve` making their envs) can raise SystemError
+# "AST constructor recursion depth mismatch" (seen in benchmarks/soak.py). One parse at a time.
+_AST_LOCK = threading.Lock()
+
+
+def parse_module(text: str) -> ast.Module:
+    """``ast.parse``, one thread at a time (every parse of a script in nanoenv goes here)."""
+    with _AST_LOCK:
+        return ast.parse(text)
 
 
 def protected_regions(script: str) -> dict[str, str]:
@@ -77,7 +88,7 @@ def protected_names(baseline: str, names: list[str]) -> set[str]:
     for name in names:
         if name not in regions:
             continue
-        for node in ast.parse(regions[name]).body:
+        for node in parse_module(regions[name]).body:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 defined.add(node.name)
             elif isinstance(node, ast.Import | ast.ImportFrom):
@@ -117,7 +128,7 @@ def check_protected_names(baseline: str, candidate: str, names: list[str]) -> No
         else:
             inside[-1] = (inside[-1][0], line)
     try:
-        tree = ast.parse(text)
+        tree = parse_module(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return  # the syntax check reports it (or the run crashes on it): nothing runs anyway
 

@@ -6,6 +6,7 @@ address asks for, and a message timeout long enough for a training run.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from openenv.core.client_types import StepResult
@@ -16,6 +17,12 @@ from nanoenv.integrations.openenv.models import SpeedrunAction, SpeedrunObservat
 
 # A step answers when its run has trained and been verified: minutes on the GPU tracks.
 DEFAULT_STEP_TIMEOUT_S = 3600.0
+# openenv-core 0.3's EnvClient takes no headers; its successor, openenv (0.4 on), does.
+_TAKES_HEADERS = "headers" in inspect.signature(EnvClient.__init__).parameters
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class SpeedrunClient(EnvClient[SpeedrunAction, SpeedrunObservation, SpeedrunState]):
@@ -41,20 +48,22 @@ class SpeedrunClient(EnvClient[SpeedrunAction, SpeedrunObservation, SpeedrunStat
         message_timeout_s: float = DEFAULT_STEP_TIMEOUT_S,
         **kwargs: Any,
     ) -> None:
-        super().__init__(base_url, message_timeout_s=message_timeout_s, **kwargs)
         self.token = token
+        if token is not None and _TAKES_HEADERS:  # openenv >= 0.4 sends headers itself
+            kwargs["headers"] = {**kwargs.get("headers", {}), **_auth(token)}
+        super().__init__(base_url, message_timeout_s=message_timeout_s, **kwargs)
 
     async def connect(self) -> SpeedrunClient:
-        """Open the session's socket, with the token if there is one."""
-        if self.token is None:
+        """Open the session's socket, with the token where this OpenEnv cannot send it."""
+        if self.token is None or _TAKES_HEADERS:
             await super().connect()
             return self
-        if self._ws is None:
+        if self._ws is None:  # openenv-core 0.3: its connect takes no headers
             self._ws = await ws_connect(
                 self._ws_url,
                 open_timeout=self._connect_timeout,
                 max_size=self._max_message_size,
-                additional_headers={"Authorization": f"Bearer {self.token}"},
+                additional_headers=_auth(self.token),
             )
         return self
 
