@@ -108,7 +108,9 @@ def actions(baseline: str) -> list[tuple[str, object]]:
     ]
 
 
-async def client_loop(url: str, index: int, quota: int, reconnect: int, log: list[dict]) -> None:
+async def client_loop(
+    url: str, index: int, quota: int, reconnect: int, log: list[dict], on_message=None
+) -> None:
     """One client: ``quota`` messages, a new session every ``reconnect`` of them."""
     sent = 0
     while sent < quota:
@@ -130,6 +132,8 @@ async def client_loop(url: str, index: int, quota: int, reconnect: int, log: lis
                             "runs_dir": runs_dir, "s": time.monotonic() - t,
                             "step": result.observation.step})  # fmt: skip
             sent += 1
+            if on_message is not None:
+                on_message()
         await env.disconnect()
 
 
@@ -224,13 +228,25 @@ def main() -> int:
         ]
         t = time.monotonic()
 
+        # the server sampled at every tenth of the soak: growth shows as a trend, not a jump
+        series: list[dict] = []
+        marks = {round(args.steps * k / 10) for k in range(1, 11)}
+
+        def on_message() -> None:
+            if len(log) in marks:
+                series.append({"messages": len(log), **sample(server.pid, args.sandbox)})
+
         async def soak():
             await asyncio.gather(
-                *(client_loop(url, i, q, args.reconnect, log) for i, q in enumerate(quota))
+                *(
+                    client_loop(url, i, q, args.reconnect, log, on_message)
+                    for i, q in enumerate(quota)
+                )
             )
 
         asyncio.run(soak())
         report["soak_s"] = time.monotonic() - t
+        report["series"] = series
         report["after"] = sample(server.pid, args.sandbox)
         time.sleep(2)  # the last sessions close
         report["settled"] = sample(server.pid, args.sandbox)
@@ -248,6 +264,9 @@ def main() -> int:
         for key in report["before"]:
             row = [report[w][key] for w in ("before", "after", "settled")]
             print(f"  {key:<16}" + "".join(f"{v:>10}" for v in row))
+        print("during the soak (messages: open files, RSS MB, threads):",
+              ", ".join(f"{x['messages']}: {x['open_files']}/{x['rss_mb']:.0f}/{x['threads']}"
+                        for x in series))  # fmt: skip
         r = report["records"]
         print(
             f"records: {r['steps']} steps, {len(r['missing'])} missing, {len(r['unfinished'])} unfinished"

@@ -53,6 +53,22 @@ def test_crash_keeps_output_and_exit_code():
     assert result.lines[0].text == "step:1/2 val_loss:3.0"
 
 
+def test_a_process_killed_by_a_signal_says_where():
+    """An abort (a C++ exception in torch, a failed assertion in a library) leaves no Python
+    traceback; faulthandler's dump in the output names the signal and the line, and the crash
+    message carries both."""
+    from nanoenv.judging.rules import classify_job
+    from nanoenv.judging.telemetry import LogParser
+
+    result, _ = run("import os\ndef step():\n    os.abort()\nstep()\n")
+    assert result.exit_code == -6
+    outcome, message = classify_job(result, LogParser())
+    assert outcome.value == "crashed"
+    assert message == (
+        "the script exited with code -6: Fatal Python error: Aborted, at main.py line 3 in step"
+    )
+
+
 @pytest.mark.slow
 def test_deadline_kills_the_whole_group_and_escaped_daemons():
     """At the deadline, the script, a child that ignores SIGTERM and a setsid daemon all die."""

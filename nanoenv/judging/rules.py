@@ -45,6 +45,8 @@ def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | Non
     if job.exit_code != 0:
         found = first_error(job.lines)
         why = f": {found.splitlines()[-1][:300]}" if found else ""
+        if not found and (fatal := fatal_error(job.lines)):
+            why = f": {fatal}"
         if need := network_need(job.lines):
             why += f". {need[0].upper()}{need[1:]}"
         return Outcome.CRASHED, f"the script exited with code {job.exit_code}{why}"
@@ -113,6 +115,22 @@ def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
     skipped = len(files) - frames
     head = [body] + ([f"  ... ({skipped} earlier frames)"] if skipped > 0 else [])
     return "\n".join(head + kept + [exception])[:MAX_ERROR_CHARS]
+
+
+_FATAL = "Fatal Python error: "
+_FRAME = re.compile(r'^\s*File "(?:.*/)?([^/"]+)", line (\d+) in (\S+)')
+
+
+def fatal_error(lines: list[StampedLine]) -> str:
+    """Where a process died of a signal, from faulthandler's dump (every job runs with
+    PYTHONFAULTHANDLER=1): "Fatal Python error: Aborted, at train.py line 12 in step", or ""."""
+    texts = [_RANK_PREFIX.sub("", ln.text) for ln in lines[-TRACEBACK_WINDOW:]]
+    for i, text in enumerate(texts):
+        if text.startswith(_FATAL):
+            frame = next((m for t in texts[i + 1 : i + 40] if (m := _FRAME.match(t))), None)
+            where = f", at {frame[1]} line {frame[2]} in {frame[3]}" if frame else ""
+            return f"{text[:200]}{where}"
+    return ""
 
 
 # What a failed download says (urllib, requests, httpx, huggingface_hub offline), and who in the

@@ -94,13 +94,15 @@ def job_environment(
 ) -> dict[str, str]:
     """The environment every backend gives a job, with paths as the job sees them: first what
     the backend itself sets (``backend``: inherited variables, its markers, visible GPUs), then
-    the contract (HOME, TMPDIR, unbuffered Python that writes no bytecode, OMP and MKL threads
+    the contract (HOME, TMPDIR, unbuffered Python that writes no bytecode and dumps its stack
+    on a fatal signal (faulthandler: an abort or a segfault says where), OMP and MKL threads
     as its CPUs, NANOENV_OUT_DIR, and NANOENV_DATA_DIR and NANOENV_INPUT_DIR where the job has
     them), then the job's own variables (the task's: seed, device, overrides), which win."""
     threads = job_threads(job, host_cpus)
     env = dict(backend or {})
     env.update(
         HOME=home, TMPDIR=tmp, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1",
+        PYTHONFAULTHANDLER="1",
         OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, NANOENV_OUT_DIR=out_dir,
     )  # fmt: skip
     if job.data_dir is not None:
