@@ -8,6 +8,7 @@ sandbox; what a client leaving mid-step does to a real job, and the command itse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -213,6 +214,25 @@ def test_two_sessions_at_once_each_with_its_own_runs(serve):
     wait_for(lambda: not served.sessions.open, what="both sessions closing")
     with GenericEnvClient(base_url=served.url).sync() as env:
         assert env.reset().observation["outcome"] == ""
+
+
+def test_closed_sessions_leave_no_file_open(serve):
+    """A server lives through many sessions: once they have closed, it holds no file of their
+    runs folders (each step's run store connection is closed, not left to the collector)."""
+    served = serve()
+    for seed in range(3):
+        with SpeedrunClient(served.url).sync() as env:
+            env.reset(seed=seed)
+            env.step(SpeedrunAction(diff=""))
+            env.step(SpeedrunAction(diff="not a diff"))
+    wait_for(lambda: not served.sessions.open, what="the sessions closing")
+    root = str(served.sessions.runs_dir)
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith(root):
+                held.append(target)
+    assert held == []
 
 
 def test_an_idle_session_is_closed(serve):

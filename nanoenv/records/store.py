@@ -12,6 +12,8 @@ import json
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +80,18 @@ class RunStore:
         self.path = Path(runs_dir) / DB_NAME
         self._ready = False
 
-    def connect(self) -> sqlite3.Connection:
-        """A connection to the store (the schema made on first use); for the tables beside
-        the runs index, such as the record book."""
-        return sqlite3.connect(self.path, timeout=30) if self._ready else self._setup()
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """``with store.connect() as con:`` one transaction on the store (the schema made on
+        first use), committed or rolled back, then closed; also for the tables beside the runs
+        index, such as the record book. sqlite3's own ``with con:`` does not close: a server
+        that opens many sessions' stores kept their files open (benchmarks/soak.py)."""
+        con = sqlite3.connect(self.path, timeout=30) if self._ready else self._setup()
+        try:
+            with con:
+                yield con
+        finally:
+            con.close()
 
     def _setup(self) -> sqlite3.Connection:
         """The first connection of this store: WAL mode (kept in the file) and the schema.
