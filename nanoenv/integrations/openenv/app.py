@@ -292,9 +292,16 @@ async def _serve(session: Session, sessions: Sessions) -> None:
                 continue
             kind = payload.get("type") if isinstance(payload, dict) else None
             try:
-                if kind == "reset":
+                if kind == "reset":  # busy too: a first reset may time the baseline (minutes)
                     data = WSResetMessage(**payload).data
-                    obs = await sessions.run(env.reset, data.get("seed"), data.get("episode_id"))
+                    session.busy = True
+                    try:
+                        obs = await sessions.run(
+                            env.reset, data.get("seed"), data.get("episode_id")
+                        )
+                    finally:
+                        session.busy = False
+                        session.touch()
                     reply: Any = WSObservationResponse(data=serialize_observation(obs))
                 elif kind == "step":
                     action = SpeedrunAction.model_validate(WSStepMessage(**payload).data)
