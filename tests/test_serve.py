@@ -345,8 +345,11 @@ def test_a_client_leaving_mid_step_kills_the_real_job(serve):
         )
         assert script != first.observation.script
         step = asyncio.ensure_future(client.step(SpeedrunAction(script=script)))
+        # the job waits for free cores first (the machine-wide slots): give it time to start
         await until(
-            lambda: len(set(_descendants(os.getpid())) - before) >= 2, what="the job starting"
+            lambda: len(set(_descendants(os.getpid())) - before) >= 2,
+            timeout_s=180,
+            what="the job starting",
         )
         await client._ws.close()
         with pytest.raises(Exception):  # noqa: B017
@@ -354,7 +357,11 @@ def test_a_client_leaving_mid_step_kills_the_real_job(serve):
 
     asyncio.run(scenario())
     wait_for(lambda: not served.sessions.open, what="the session closing")
-    wait_for(lambda: not set(_descendants(os.getpid())) - before, what="the job's processes ending")
+    wait_for(
+        lambda: not set(_descendants(os.getpid())) - before,
+        timeout_s=60,
+        what="the job's processes ending",
+    )
     [runs] = list(served.sessions.runs_dir.iterdir())
     [row] = RunStore(runs).rows()
     assert (row["status"], row["outcome"]) == ("finished", "infra_error")
@@ -385,7 +392,7 @@ def test_a_client_leaving_mid_step_leaves_no_container(
             'if __name__ == "__main__":', 'if __name__ == "__main__":\n    time.sleep(300)', 1
         )
         step = asyncio.ensure_future(client.step(SpeedrunAction(script=script)))
-        await until(lambda: bool(containers()), timeout_s=60, what="the step's container starting")
+        await until(lambda: bool(containers()), timeout_s=180, what="the step's container starting")
         await client._ws.close()
         with pytest.raises(Exception):  # noqa: B017
             await step
