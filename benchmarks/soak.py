@@ -38,6 +38,7 @@ import gymnasium as gym
 
 import nanoenv  # noqa: F401
 from nanoenv.integrations.openenv import SpeedrunAction, SpeedrunClient
+from nanoenv.liveness import descendants
 from nanoenv.records.store import RunStore
 from nanoenv.tasks import DEFAULT_TASK, NAMESPACE
 
@@ -48,22 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def sample(pid: int, sandbox: str) -> dict:

@@ -34,6 +34,7 @@ from nanoenv.integrations.openenv import (
     SpeedrunEnvironment,
     make_app,
 )
+from nanoenv.liveness import descendants
 from nanoenv.records.store import RunStore
 from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.tasks import DEFAULT_TASK
@@ -309,23 +310,6 @@ def test_a_token_is_needed_off_loopback(serve, tmp_path, monkeypatch):
     assert main(["serve", "--host", "0.0.0.0", "--runs-dir", str(tmp_path)]) == 2
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 @pytest.mark.slow
 def test_a_client_leaving_mid_step_kills_the_real_job(serve):
     """A real training job in the local sandbox, patched to sleep: the client leaves, and the
@@ -335,7 +319,7 @@ def test_a_client_leaving_mid_step_kills_the_real_job(serve):
             runs, task=DEFAULT_TASK, smoke=True, verify="none"
         ),
     )
-    before = set(_descendants(os.getpid()))
+    before = set(descendants(os.getpid()))
 
     async def scenario():
         client = SpeedrunClient(served.url)
@@ -347,7 +331,7 @@ def test_a_client_leaving_mid_step_kills_the_real_job(serve):
         step = asyncio.ensure_future(client.step(SpeedrunAction(script=script)))
         # the job waits for free cores first (the machine-wide slots): give it time to start
         await until(
-            lambda: len(set(_descendants(os.getpid())) - before) >= 2,
+            lambda: len(set(descendants(os.getpid())) - before) >= 2,
             timeout_s=180,
             what="the job starting",
         )
@@ -358,7 +342,7 @@ def test_a_client_leaving_mid_step_kills_the_real_job(serve):
     asyncio.run(scenario())
     wait_for(lambda: not served.sessions.open, what="the session closing")
     wait_for(
-        lambda: not set(_descendants(os.getpid())) - before,
+        lambda: not set(descendants(os.getpid())) - before,
         timeout_s=60,
         what="the job's processes ending",
     )

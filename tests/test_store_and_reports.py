@@ -261,3 +261,24 @@ def test_report_shows_this_machines_record_book(tmp_path):
     page = write_report(folder).read_text()
     assert "Record book on this machine" in page
     assert "record 1" in page and "9.25" in page and "ep0/3" in page
+
+
+def test_descendants_finds_a_grandchild_and_forgets_it_once_gone():
+    """liveness.descendants walks the whole tree below a process (what a run left running)."""
+    from nanoenv.liveness import descendants
+
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(30)'])"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    grandchild = None
+    try:
+        deadline = time.monotonic() + 20
+        while len(descendants(child.pid)) < 1:
+            assert time.monotonic() < deadline, "the grandchild never showed"
+            time.sleep(0.05)
+        [grandchild] = descendants(child.pid)
+        assert child.pid in descendants(os.getpid()) and grandchild in descendants(os.getpid())
+    finally:
+        for pid in descendants(child.pid):
+            os.kill(pid, 9)
+        child.wait(timeout=20)
+    assert child.pid not in descendants(os.getpid()) and grandchild not in descendants(os.getpid())
