@@ -171,14 +171,17 @@ def test_bad_messages_are_answered_and_the_session_goes_on(serve):
         failed = await client.step(
             {"diff": "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-nope\n+x\n"}
         )
+        both = await client.step({"diff": "", "script": "print(1)\n"})
         await client.disconnect()
-        return answers, failed
+        return answers, failed, both
 
-    answers, failed = asyncio.run(scenario())
+    answers, failed, both = asyncio.run(scenario())
     codes = [a["data"]["code"] for a in answers]
     assert all(a["type"] == "error" for a in answers)
     assert codes == ["INVALID_JSON", "UNKNOWN_TYPE", "VALIDATION_ERROR"]
     assert failed.observation["outcome"] == "patch_failed" and failed.reward == -1.0
+    assert both.observation["outcome"] == "patch_failed"  # diff and script: a step, not an error
+    assert "not both" in both.observation["feedback"]
 
 
 def test_two_sessions_at_once_each_with_its_own_runs(serve):
@@ -307,6 +310,7 @@ def test_a_token_is_needed_off_loopback(serve, tmp_path, monkeypatch):
     from nanoenv.cli import main
 
     monkeypatch.delenv("NANOENV_SERVE_TOKEN", raising=False)
+    assert main(["serve", "--env", "nanoenv/Nope-v0", "--runs-dir", str(tmp_path)]) == 2
     assert main(["serve", "--host", "0.0.0.0", "--runs-dir", str(tmp_path)]) == 2
 
 

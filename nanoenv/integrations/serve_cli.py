@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 from nanoenv.errors import NanoEnvError
+from nanoenv.judging.rewards import REWARDS
 from nanoenv.sandbox import BACKENDS
-from nanoenv.tasks import DEFAULT_TASK, NAMESPACE
+from nanoenv.tasks import DEFAULT_TASK, NAMESPACE, load_task
 
 TOKEN_VARIABLE = "NANOENV_SERVE_TOKEN"
 
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--sandbox", default="local", choices=list(BACKENDS))
     serve.add_argument("--smoke", action="store_true", help="the few-seconds size of the task")
     serve.add_argument("--verify", default="full", choices=["full", "log", "none"])
-    serve.add_argument("--reward", default="time_to_target")
+    serve.add_argument("--reward", default="time_to_target", choices=list(REWARDS))
     serve.add_argument("--max-steps", type=int, help="steps per episode (default: the task's)")
     serve.add_argument("--runs-dir", default="nanoenv-runs", help="each session's runs go below")
     serve.add_argument("--max-sessions", type=int, default=4, help="sessions open at once")
@@ -60,8 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"{TOKEN_VARIABLE}), for example --token $(python -c 'import secrets; "
             "print(secrets.token_urlsafe())')"
         )
+    task = load_task(args.env).id  # an unknown id fails here, not at every session's reset
     env_kwargs = {
-        "task": args.env.removeprefix(NAMESPACE), "sandbox": args.sandbox, "smoke": args.smoke,
+        "task": task, "sandbox": args.sandbox, "smoke": args.smoke,
         "verify": args.verify, "reward": args.reward,
     }  # fmt: skip
     if args.max_steps is not None:
