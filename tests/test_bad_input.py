@@ -27,6 +27,7 @@ CRASH_HALFWAY = BASELINE.replace(
 NEVER_ENDS = make_diff(
     BASELINE, BASELINE.replace(LOOP, LOOP + "        while step == 3:\n            time.sleep(1)\n")
 )
+ABORT_HALFWAY = BASELINE.replace(LOOP, LOOP + "        if step == 7:\n            os.abort()\n")
 SYNTAX_ERROR = BASELINE.replace("def get_lr(step):", "def get_lr(step:")
 
 BAD_INPUTS = [
@@ -103,6 +104,12 @@ BAD_INPUTS = [
         "nested too deeply",
     ),
     ("never-ends", Action(diff=NEVER_ENDS, base=0), Outcome.TIMED_OUT, "deadline"),
+    (
+        "abort-halfway",  # a signal, no traceback: faulthandler's dump names the line
+        Action(script=ABORT_HALFWAY),
+        Outcome.CRASHED,
+        f"code -6: Fatal Python error: Aborted, at train.py line {ABORT_HALFWAY.splitlines().index('            os.abort()') + 1} in main",
+    ),
     ("crash-halfway", Action(script=CRASH_HALFWAY), Outcome.CRASHED, "exited with code 1"),
 ]
 
@@ -162,6 +169,21 @@ def test_crash_keeps_the_curve_so_far(walk):
 
 
 @pytest.mark.slow
+def test_an_abort_as_python_exits_is_judged_and_verified(walk):
+    """A script that finished and then died of SIGABRT with no Python code running (as gloo's
+    threads abort at exit, here C's abort() called by atexit) is judged on its numbers and
+    verified, with a note; the same abort inside the loop was a crash (abort-halfway above)."""
+    script = BASELINE + "\nimport atexit, ctypes\natexit.register(ctypes.CDLL(None).abort)\n"
+    _, reward, _, _, info = walk.step(Action(script=script))
+    result = info["result"]
+    assert result.exit_code == -6 and result.outcome is Outcome.OK, result.message
+    assert result.verdict.verified and reward > -1.0
+    assert any(
+        n.startswith("the script finished, then died as Python exited") for n in result.notes
+    )
+
+
+@pytest.mark.slow
 def test_timed_out_run_was_killed_at_its_deadline(walk):
     """The endless script was stopped at the 8 s deadline, not later, keeping its first point."""
     timed = next(r for r in walk.unwrapped.results if r.outcome is Outcome.TIMED_OUT)
@@ -191,4 +213,4 @@ def test_env_works_normally_afterwards(walk):
     obs, reward, _, _, info = walk.step(Action(diff="", base=0))
     assert info["result"].outcome is Outcome.OK, obs["feedback"]
     assert obs["script"] == BASELINE and math.isfinite(reward)
-    assert len(walk.unwrapped.results) == len(BAD_INPUTS) + 2
+    assert len(walk.unwrapped.results) == len(BAD_INPUTS) + 3  # + absurd steps, exit abort, this

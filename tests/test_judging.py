@@ -9,6 +9,7 @@ from nanoenv.judging.rules import (
     against_target,
     aggregate,
     classify_job,
+    died_exiting,
     first_error,
     log_tail,
     rejection_message,
@@ -170,6 +171,59 @@ def test_first_error_is_empty_without_a_python_exception():
         classify_job(JobResult(exit_code=139), parser_with())[1]
         == "the script exited with code 139"
     )
+
+
+# torchrun 2.13's real stderr when a 2-rank gloo job with a module-level DDP model finished and
+# rank 1 then aborted as Python exited (about one run in twelve here; paths shortened).
+GLOO_EXIT_ABORT = (Path(__file__).parent / "fixtures" / "gloo_exit_abort.txt").read_text()
+CRASHED_WHILE_RUNNING = GLOO_EXIT_ABORT.replace(
+    "  <no Python frame>", '  File "/work/train_gpt.py", line 229 in <module>'
+)
+
+
+def test_an_abort_as_python_exits_is_judged_on_the_numbers():
+    """A finished script whose gloo threads abort at interpreter exit is judged on what it
+    wrote, with a note saying so (before, one honest record run in twelve scored as a crash)."""
+    job = JobResult(exit_code=1, lines=_lines(GLOO_EXIT_ABORT))
+    assert classify_job(job, parser_with(VAL)) is None
+    note = died_exiting(job, parser_with(VAL))
+    assert note.startswith("the script finished, then died as Python exited (Fatal Python error:")
+    assert "(terminate called without an active exception)" in note
+    # a finished script that printed no val line is still a crash, named as one
+    outcome, message = classify_job(job, parser_with())
+    assert outcome is Outcome.CRASHED
+    assert message == (
+        "the script exited with code 1: Fatal Python error: Aborted, in a thread outside Python "
+        "(terminate called without an active exception)"
+    )
+
+
+def test_an_abort_while_python_runs_is_a_crash_at_its_line():
+    """A dump in which a thread still runs Python code is a crash mid-run, named by its line."""
+    job = JobResult(exit_code=1, lines=_lines(CRASHED_WHILE_RUNNING))
+    assert died_exiting(job, parser_with(VAL)) == ""
+    outcome, message = classify_job(job, parser_with(VAL))
+    assert outcome is Outcome.CRASHED and message.endswith("in a thread outside Python "
+        "(terminate called without an active exception)")  # fmt: skip
+    current = CRASHED_WHILE_RUNNING.replace("\nThread 0x", "\nCurrent thread 0x")
+    message = classify_job(JobResult(exit_code=-6, lines=_lines(current)), parser_with(VAL))[1]
+    assert message == (
+        "the script exited with code -6: Fatal Python error: Aborted, at train_gpt.py line 229 "
+        "in <module> (terminate called without an active exception)"
+    )
+
+
+@pytest.mark.parametrize("ending", ["", VAL])
+def test_faking_an_exit_abort_gains_nothing_over_exiting_0(ending):
+    """The cheat: print a made-up dump and exit 1 (mid-run, say). It is judged exactly as the
+    same output with exit 0 is, never better: no number the reward reads moves."""
+    fake = JobResult(exit_code=1, lines=_lines(GLOO_EXIT_ABORT))
+    honest = JobResult(exit_code=0, lines=_lines(GLOO_EXIT_ABORT))
+    faked, exited_0 = (
+        classify_job(fake, parser_with(ending)),
+        classify_job(honest, parser_with(ending)),
+    )
+    assert (faked and faked[0]) == (exited_0 and exited_0[0])  # crashed both, or judged both
 
 
 def test_first_error_reads_a_bounded_part_of_a_flood():

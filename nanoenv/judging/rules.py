@@ -42,7 +42,7 @@ def classify_job(job: JobResult, parser: LogParser) -> tuple[Outcome, str] | Non
         return Outcome.CRASHED, "the script printed more output than allowed and was killed"
     if job.oom:
         return Outcome.CRASHED, "the script ran out of memory"
-    if job.exit_code != 0:
+    if job.exit_code != 0 and not died_exiting(job, parser):
         found = first_error(job.lines)
         why = f": {found.splitlines()[-1][:300]}" if found else ""
         if not found and (fatal := fatal_error(job.lines)):
@@ -119,18 +119,87 @@ def first_error(lines: list[StampedLine], frames: int = ERROR_FRAMES) -> str:
 
 _FATAL = "Fatal Python error: "
 _FRAME = re.compile(r'^\s*File "(?:.*/)?([^/"]+)", line (\d+) in (\S+)')
+_WHAT = re.compile(r"^\s*what\(\):\s*(.*)")
 
 
 def fatal_error(lines: list[StampedLine]) -> str:
     """Where a process died of a signal, from faulthandler's dump (every job runs with
-    PYTHONFAULTHANDLER=1): "Fatal Python error: Aborted, at train.py line 12 in step", or ""."""
+    PYTHONFAULTHANDLER=1), and why where C++ said so: "Fatal Python error: Aborted, at train.py
+    line 12 in step", "Fatal Python error: Aborted, in a thread outside Python (terminate called
+    without an active exception)", or "".
+
+    libstdc++ writes "terminate called ..." (and the exception's what()) when a C++ exception or a
+    running std::thread outlives its owner, as gloo's threads may at interpreter exit."""
     texts = [_RANK_PREFIX.sub("", ln.text) for ln in lines[-TRACEBACK_WINDOW:]]
-    for i, text in enumerate(texts):
-        if text.startswith(_FATAL):
-            frame = next((m for t in texts[i + 1 : i + 40] if (m := _FRAME.match(t))), None)
-            where = f", at {frame[1]} line {frame[2]} in {frame[3]}" if frame else ""
-            return f"{text[:200]}{where}"
+    i = next((k for k, t in enumerate(texts) if t.startswith(_FATAL)), None)
+    if i is None:
+        return ""
+    site, cause = _crash_site(texts[i + 1 : i + 200]), _terminate_cause(texts[max(0, i - 6) : i])
+    return f"{texts[i][:200]}{site}{cause}"
+
+
+def _crash_site(dump: list[str]) -> str:
+    """Where the crashed thread was (", at train.py line 12 in step"), from its block of a
+    faulthandler dump: the other threads' frames say nothing of the crash."""
+    dump = dump[: next((k for k, t in enumerate(dump) if t.startswith(_FATAL)), len(dump))]
+    current = next((k for k, t in enumerate(dump) if t.startswith("Current thread")), None)
+    if current is None:  # faulthandler names no current thread when one of C++'s own crashed
+        return (
+            ", in a thread outside Python" if any(t.startswith("Thread 0x") for t in dump) else ""
+        )
+    body = dump[current + 1 : current + 40]
+    if frame := next((m for t in body if (m := _FRAME.match(t))), None):
+        return f", at {frame[1]} line {frame[2]} in {frame[3]}"
+    if body and "<no Python frame>" in body[0]:
+        return ", outside Python code (a library's thread, or the interpreter exiting)"
     return ""
+
+
+def _terminate_cause(before: list[str]) -> str:
+    """What libstdc++ wrote just before the dump when C++ ended the process (" (terminate called
+    after throwing an instance of 'gloo::IoException': Connection closed by peer)"), else ""."""
+    k = next((k for k, t in enumerate(before) if t.startswith("terminate called")), None)
+    if k is None:
+        return ""
+    what = next((w[1] for t in before[k + 1 :] if (w := _WHAT.match(t))), "")
+    return f" ({before[k][:200]}{': ' + what[:200] if what else ''})"
+
+
+def died_exiting(job: JobResult, parser: LogParser) -> str:
+    """A note when the script finished and then died as its interpreter exited, else "".
+
+    gloo's and DDP's C++ threads can outlive the Python objects that own them when those are
+    module globals (as in the records); at exit libstdc++ then aborts ("terminate called without
+    an active exception"), in about one 2-rank CPU run in twelve (torch 2.13). The run's numbers
+    and files were all written by then, so the run is judged on them, and verification still
+    re-scores the model. Only a dump in which no thread of any crashed process runs Python code
+    counts: a crash anywhere in the script leaves its line in the dump, and a Python traceback
+    (first_error) rules this out. Nothing is gained by dying so rather than exiting 0."""
+    if job.exit_code == 0 or parser.last_val is None or first_error(job.lines):
+        return ""
+    texts = [_RANK_PREFIX.sub("", ln.text) for ln in job.lines[-TRACEBACK_WINDOW:]]
+    starts = [k for k, t in enumerate(texts) if t.startswith(_FATAL)]
+    if not starts or not all(_no_python_frame(texts[k + 1 : k + 200]) for k in starts):
+        return ""
+    return (
+        f"the script finished, then died as Python exited ({fatal_error(job.lines)}): a crash "
+        "of the libraries' teardown, not of the run, which is judged on its numbers"
+    )
+
+
+def _no_python_frame(dump: list[str]) -> bool:
+    """Whether every thread of a faulthandler dump runs no Python code: the interpreter was
+    exiting. The dump ends at the first line that is not part of it."""
+    heads = []
+    for k, text in enumerate(dump):
+        if text.startswith(("Current thread 0x", "Thread 0x")):
+            heads.append(k)
+        elif text.strip() and not text.startswith(("  ", "Extension modules:", "Python runtime")):
+            dump = dump[:k]
+            break
+    return bool(heads) and all(
+        k + 1 < len(dump) and dump[k + 1].strip() == "<no Python frame>" for k in heads
+    )
 
 
 # What a failed download says (urllib, requests, httpx, huggingface_hub offline), and who in the

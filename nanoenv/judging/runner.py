@@ -31,6 +31,7 @@ from nanoenv.judging.rules import (
     against_target,
     aggregate,
     classify_job,
+    died_exiting,
     first_error,
     integrity_ok,
     log_tail,
@@ -236,6 +237,8 @@ class Runner:
         if (integrity := self._check_data()) is not None:
             checks.append(integrity)
         ended = classify_job(job_result, parser)
+        if exited_badly := died_exiting(job_result, parser):
+            result.notes.append(exited_badly)
         if ended is not None:
             outcome, message = ended
             verdict = Verdict(
