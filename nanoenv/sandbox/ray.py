@@ -238,7 +238,8 @@ class _LineRelay:
         while True:
             try:
                 key, payload = self.queue.get(timeout=1.0)
-            except Exception:  # empty, or Ray shut down
+            # empty, or Ray shut down (its get raises SystemExit(0) as the driver disconnects)
+            except (Exception, SystemExit):
                 if not _ray_up():
                     return
                 continue
