@@ -17,12 +17,7 @@ import gymnasium as gym
 from openai import OpenAI
 
 import nanoenv  # noqa: F401
-
-SYSTEM = """You are a machine-learning researcher speeding up a language-model training run.
-Each turn you get the task's brief, the current training script and the report of the last
-experiment. Propose ONE change as a unified diff against the current script (paths a/train.py
-and b/train.py), in a single ```diff block, after one sentence saying why. Never change the
-protected regions."""
+from nanoenv.agent_prompt import AGENT_INSTRUCTIONS, first_turn, next_turn
 
 
 def chat(client, model, messages):
@@ -51,15 +46,12 @@ def main():
         "nanoenv/Speedrun-Tiny-v0", smoke=args.smoke, runs_dir=args.runs_dir, max_steps=args.steps
     )
     obs, _ = env.reset(seed=0)
-    brief, last = obs["feedback"], "No experiment yet."
+    brief, prompt = obs["feedback"], first_turn(obs)
     for _ in range(args.steps):
-        prompt = (
-            f"{brief}\n\n## Current script\n```python\n{obs['script']}```\n\n## Last report\n{last}"
-        )
-        reply = chat(client, model, [{"role": "system", "content": SYSTEM},
+        reply = chat(client, model, [{"role": "system", "content": AGENT_INSTRUCTIONS},
                                      {"role": "user", "content": prompt}])  # fmt: skip
         obs, reward, terminated, truncated, info = env.step(extract_diff(reply))
-        last = obs["feedback"]
+        prompt = next_turn(obs, brief)  # each call is the model's first: the brief again
         print(f"step {info['result'].step}: {info['result'].outcome.value}, reward {reward:+.4f} "
               f"({reply.splitlines()[0][:100] if reply else ''})", flush=True)  # fmt: skip
         if terminated or truncated:

@@ -6,10 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -75,60 +72,12 @@ def test_rl_vector(tiny_data, tmp_path):
     assert "t=0:" in out and "returns" in out
 
 
-class _FakeChat(BaseHTTPRequestHandler):
-    """A stand-in for an OpenAI-compatible server: answers every chat with one diff."""
-
-    diff = ""
-    requests: ClassVar[list[dict]] = []
-
-    def log_message(self, *a):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        headers = {"auth": self.headers.get("Authorization"),
-                   "user_agent": self.headers.get("User-Agent", "")}  # fmt: skip
-        _FakeChat.requests.append({"path": self.path, **headers, **body})
-        reply = {
-            "choices": [
-                {
-                    "message": {
-                        "role": "assistant",
-                        "content": f"Raise the learning rate.\n```diff\n{self.diff}```",
-                    }
-                }
-            ]
-        }
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def fake_llm():
-    from nanoenv.actions.patching import make_diff
-    from nanoenv.tasks import baseline_script, load_task
-
-    base = baseline_script(load_task("tiny"))
-    _FakeChat.diff = make_diff(
-        base, base.replace("learning_rate: float = 3e-3", "learning_rate: float = 4e-3")
-    )
-    _FakeChat.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeChat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-
-
 @pytest.mark.slow
 def test_llm_agent_against_a_stand_in_server(tiny_data, tmp_path, fake_llm):
     """The agent loop talks to the endpoint through the openai SDK; its diffs become real,
     verified steps."""
     env = {
-        "OPENAI_BASE_URL": fake_llm,
+        "OPENAI_BASE_URL": fake_llm.url,
         "OPENAI_API_KEY": "test-key",
         "NANOENV_LLM_MODEL": "stand-in",
     }
@@ -142,7 +91,7 @@ def test_llm_agent_against_a_stand_in_server(tiny_data, tmp_path, fake_llm):
         env=env,
         cwd=tmp_path,
     )
-    (req,) = _FakeChat.requests
+    (req,) = fake_llm.requests
     assert (
         req["path"] == "/v1/chat/completions"
         and req["model"] == "stand-in"
