@@ -283,15 +283,20 @@ class JobResult(BaseModel):
     exit_s: float | None = None
 
     @property
-    def ok(self) -> bool:
-        """True when the job exited 0 on its own."""
+    def ended_on_its_own(self) -> bool:
+        """True when the harness did not end the job (no deadline, memory or output kill, no
+        infrastructure failure), whatever its exit code."""
         return (
-            self.exit_code == 0
-            and not self.timed_out
+            not self.timed_out
             and not self.oom
             and not self.output_truncated
             and self.infra_error is None
         )
+
+    @property
+    def ok(self) -> bool:
+        """True when the job exited 0 on its own."""
+        return self.exit_code == 0 and self.ended_on_its_own
 
 
 # --------------------------------------------------------------------------- tasks
