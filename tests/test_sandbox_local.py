@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -304,3 +308,39 @@ def test_an_interpreter_under_tmp_stays_visible(tmp_path):
     result = LocalSandbox(python=str(venv / "bin" / "python")).run(job)
     assert result.exit_code == 0, [ln.text for ln in result.lines]
     assert [ln.text for ln in result.lines] == ["ran"]
+
+
+def test_a_killed_harness_leaves_no_job_folder(tmp_path):
+    """A harness SIGKILLed mid-job never reaches its cleanup; the next sandbox made on the
+    machine removes that job's folder (named for its dead owner) and leaves a live one's."""
+    import tempfile
+
+    from nanoenv.liveness import owner_id
+    from nanoenv.sandbox.local import sweep_workspaces
+
+    code = (
+        "import time, threading\n"
+        "from nanoenv.sandbox.local import LocalSandbox\n"
+        "from nanoenv.types import Job, Limits\n"
+        "job = Job(command=['{python}', 'main.py'], files={'main.py': 'import time; time.sleep(60)'},"
+        " limits=Limits(timeout_s=60))\n"
+        "threading.Thread(target=LocalSandbox().run, args=(job,), daemon=True).start()\n"
+        "print('running', flush=True); time.sleep(60)\n"
+    )
+    harness = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert harness.stdout.readline().strip() == "running"
+    root = Path(tempfile.gettempdir())
+    deadline = time.monotonic() + 30
+    while not (mine := list(root.glob(f"nanoenv-job-{harness.pid}-*"))):
+        assert time.monotonic() < deadline, "the job's folder never appeared"
+        time.sleep(0.1)
+    live = Path(tempfile.mkdtemp(prefix="nanoenv-job-", dir=tmp_path))  # an owner-less old one
+    os.kill(harness.pid, signal.SIGKILL)
+    harness.wait()
+    assert mine[0].is_dir()  # the kill left it
+    sweep_workspaces(tmp_path)
+    assert live.is_dir()  # no owner in its name: not ours to judge
+    assert sweep_workspaces() >= 1 and not mine[0].exists()
+    _, pid, start = owner_id().rsplit(":", 2)  # a folder of this live process is kept
+    kept = Path(tempfile.mkdtemp(prefix=f"nanoenv-job-{pid}-{start}-", dir=tmp_path))
+    assert sweep_workspaces(tmp_path) == 0 and kept.is_dir()
