@@ -316,7 +316,8 @@ def test_a_killed_harness_leaves_no_job_folder(tmp_path):
     import tempfile
 
     from nanoenv.liveness import owner_id
-    from nanoenv.sandbox.local import sweep_workspaces
+    from nanoenv.sandbox.base import sweep_workspaces
+    from nanoenv.sandbox.local import LOCAL_WORKSPACE
 
     code = (
         "import time, threading\n"
@@ -338,9 +339,9 @@ def test_a_killed_harness_leaves_no_job_folder(tmp_path):
     os.kill(harness.pid, signal.SIGKILL)
     harness.wait()
     assert mine[0].is_dir()  # the kill left it
-    sweep_workspaces(tmp_path)
+    sweep_workspaces(LOCAL_WORKSPACE, tmp_path)
     assert live.is_dir()  # no owner in its name: not ours to judge
-    assert sweep_workspaces() >= 1 and not mine[0].exists()
+    assert sweep_workspaces(LOCAL_WORKSPACE) >= 1 and not mine[0].exists()
     _, pid, start = owner_id().rsplit(":", 2)  # a folder of this live process is kept
     kept = Path(tempfile.mkdtemp(prefix=f"nanoenv-job-{pid}-{start}-", dir=tmp_path))
-    assert sweep_workspaces(tmp_path) == 0 and kept.is_dir()
+    assert sweep_workspaces(LOCAL_WORKSPACE, tmp_path) == 0 and kept.is_dir()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 
+from nanoenv.liveness import owner_alive, owner_id
 from nanoenv.types import Job, JobResult, StampedLine
 
 log = logging.getLogger(__name__)
@@ -353,3 +356,28 @@ def result_from(
         notes=notes or [],
         telemetry=telemetry or {},
     )
+
+
+def new_workspace(prefix: str) -> Path:
+    """A fresh job folder in the temp dir, named for the process that made it
+    (``<prefix><pid>-<start>-...``), so that one whose harness was killed mid-job (its cleanup
+    never ran) can be told apart and removed (:func:`sweep_workspaces`). The name is the
+    record: a job cannot rename the folder it runs in."""
+    _, pid, start = owner_id().rsplit(":", 2)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{pid}-{start}-"))
+
+
+def sweep_workspaces(prefix: str, root: Path | None = None) -> int:
+    """Remove the job folders (``prefix``, made by :func:`new_workspace`) of harnesses that are
+    gone; folders without an owner in their name (older versions) and other users' stay.
+    Returns how many were removed."""
+    removed = 0
+    for folder in (root or Path(tempfile.gettempdir())).glob(f"{prefix}*-*-*"):
+        pid, start = folder.name[len(prefix) :].split("-")[:2]
+        ours = pid.isdigit() and start.isdigit() and folder.is_dir() and not folder.is_symlink()
+        if ours and not owner_alive(f"{socket.gethostname()}:{pid}:{start}"):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += not folder.exists()
+    if removed:
+        log.warning("removed %d job folder(s) left by a harness that died", removed)
+    return removed

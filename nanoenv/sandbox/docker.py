@@ -37,14 +37,17 @@ from nanoenv.sandbox.base import (
     job_cpus,
     job_environment,
     job_gpu_count,
+    new_workspace,
     render_command,
     result_from,
+    sweep_workspaces,
 )
 from nanoenv.types import Job, JobResult
 
 log = logging.getLogger(__name__)
 
 LABEL = "nanoenv"
+DOCKER_WORKSPACE = "nanoenv-docker-job-"
 UID = 10001
 KEEPER_UID = 10002
 # /work holds the job's scratch files and its out dir: the scratch room, plus all the job may
@@ -147,6 +150,7 @@ class DockerSandbox:
             self._client = connect()
         if not self._swept:  # leftovers of an earlier process that crashed
             sweep(self._client)
+            sweep_workspaces(DOCKER_WORKSPACE)
             self._swept = True
         return self._client
 
@@ -250,7 +254,7 @@ class DockerSandbox:
 
         t0 = time.monotonic()
         job_id = uuid.uuid4().hex[:12]
-        job_dir = Path(tempfile.mkdtemp(prefix="nanoenv-docker-job-"))
+        job_dir = new_workspace(DOCKER_WORKSPACE)
         container = None
         try:
             client = self._connect()

@@ -22,16 +22,13 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from nanoenv.liveness import owner_alive, owner_id
 from nanoenv.sandbox.base import (
     CANCELLED,
     Capabilities,
@@ -41,13 +38,16 @@ from nanoenv.sandbox.base import (
     data_links,
     job_environment,
     job_gpu_count,
+    new_workspace,
     render_command,
     result_from,
+    sweep_workspaces,
 )
 from nanoenv.sandbox.isolation import bwrap, containment, isolate, job_usage
 from nanoenv.types import Job, JobResult, Limits
 
 log = logging.getLogger(__name__)
+LOCAL_WORKSPACE = "nanoenv-job-"
 
 MARKER = "NANOENV_JOB_ID"
 OWNER = "NANOENV_HARNESS_PID"
@@ -145,32 +145,6 @@ def sweep_orphans() -> int:
     return killed
 
 
-_WORKSPACE_PREFIX = "nanoenv-job-"
-
-
-def _new_workspace() -> Path:
-    """A fresh job folder named for its owner (``nanoenv-job-<pid>-<start>-...``), so that one
-    whose harness was killed mid-run (its ``finally`` never ran) can be told apart and removed.
-    The name is the record: a job cannot rename the folder it runs in."""
-    _, pid, start = owner_id().rsplit(":", 2)
-    return Path(tempfile.mkdtemp(prefix=f"{_WORKSPACE_PREFIX}{pid}-{start}-"))
-
-
-def sweep_workspaces(root: Path | None = None) -> int:
-    """Remove the job folders of harnesses that are gone; folders without an owner in their
-    name (older versions) are left alone. Returns how many were removed."""
-    removed = 0
-    for folder in (root or Path(tempfile.gettempdir())).glob(f"{_WORKSPACE_PREFIX}*-*-*"):
-        pid, start = folder.name[len(_WORKSPACE_PREFIX) :].split("-")[:2]
-        ours = pid.isdigit() and start.isdigit() and folder.is_dir() and not folder.is_symlink()
-        if ours and not owner_alive(f"{socket.gethostname()}:{pid}:{start}"):
-            shutil.rmtree(folder, ignore_errors=True)  # another user's stays: not ours to remove
-            removed += not folder.exists()
-    if removed:
-        log.warning("removed %d job folder(s) left by a harness that died", removed)
-    return removed
-
-
 def _kill_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -193,7 +167,7 @@ class LocalSandbox:
         self.python = python or sys.executable
         self.isolate_network = isolate_network
         sweep_orphans()
-        sweep_workspaces()
+        sweep_workspaces(LOCAL_WORKSPACE)
 
     @property
     def containment(self) -> str:
@@ -227,7 +201,7 @@ class LocalSandbox:
     ) -> JobResult:
         """Run ``job`` in a fresh workspace; kill everything it started at its deadline."""
         job_id = uuid.uuid4().hex
-        workspace = _new_workspace()
+        workspace = new_workspace(LOCAL_WORKSPACE)
         notes: list[str] = []
         proc: subprocess.Popen[bytes] | None = None
         t0 = time.monotonic()
