@@ -6,13 +6,8 @@ environment says the part must be there (CI sets NANOENV_REQUIRE_DOCKER=1).
 
 from __future__ import annotations
 
-import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
-from typing import ClassVar
 
 import pytest
 
@@ -134,50 +129,19 @@ def no_leftovers(docker_client):
     assert left == [], f"containers left behind: {[c.name for c in left]}"
 
 
-class _StandInChat(BaseHTTPRequestHandler):
-    """A stand-in for an OpenAI-compatible server: answers every chat with one real diff (the
-    tiny baseline's learning rate raised), in prose and a fence as models write it."""
-
-    diff = ""
-    requests: ClassVar[list[dict]] = []
-
-    def log_message(self, *a):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        headers = {"auth": self.headers.get("Authorization"),
-                   "user_agent": self.headers.get("User-Agent", "")}  # fmt: skip
-        _StandInChat.requests.append({"path": self.path, **headers, **body})
-        message = {"role": "assistant",
-                   "content": f"Raise the learning rate.\n```diff\n{self.diff}```"}  # fmt: skip
-        reply = {
-            "id": f"chatcmpl-{len(_StandInChat.requests)}", "object": "chat.completion",
-            "created": 0, "model": body.get("model", "stand-in"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        }  # fmt: skip
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def fake_llm():
-    """The stand-in server on a free loopback port: ``.url`` (its /v1 base) and ``.requests``."""
+    """A chat stand-in (tests/chat_standin.py) that answers every chat with one real diff, the
+    tiny baseline's learning rate raised, in prose and a fence as models write it."""
+    from chat_standin import ChatStandIn
+
     from nanoenv.actions.patching import make_diff
     from nanoenv.tasks import baseline_script, load_task
 
     base = baseline_script(load_task("tiny"))
-    _StandInChat.diff = make_diff(
+    diff = make_diff(
         base, base.replace("learning_rate: float = 3e-3", "learning_rate: float = 4e-3")
     )
-    _StandInChat.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInChat)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}/v1",
-                          requests=_StandInChat.requests)  # fmt: skip
-    server.shutdown()
+    stand_in = ChatStandIn(lambda body: f"Raise the learning rate.\n```diff\n{diff}```")
+    yield stand_in
+    stand_in.close()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from chat_standin import ChatStandIn
 
 from nanoenv.claims import claim, welch_less
 from nanoenv.cli import main as cli_main
@@ -100,46 +99,15 @@ def test_a_claim_that_misses_the_target_is_refused(tiny_data, tmp_path):
     assert RecordBook(runs).books() == []
 
 
-class ChatStandIn:
-    """An OpenAI-compatible chat endpoint on a free local port, answering like a reviewer: it
-    flags a diff that touches VAL_TOKENS and passes any other. It keeps every request."""
-
-    def __init__(self, reply=None) -> None:
-        self.requests: list[dict] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stand_in.requests.append({"path": self.path, "body": body})
-                prompt = body["messages"][-1]["content"]
-                text = reply if reply is not None else json.dumps(
-                    {"violations": ["it changes VAL_TOKENS, which the rules fix"]}
-                    if "VAL_TOKENS" in prompt.split("The change")[1] else {"violations": []}
-                )  # fmt: skip
-                answer = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": text}}]}  # fmt: skip
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
+def reviewer_answer(body: dict) -> str:
+    """Like a rule reviewer: flag a diff that touches VAL_TOKENS, pass any other."""
+    change = body["messages"][-1]["content"].split("The change")[1]
+    return json.dumps({"violations": ["it changes VAL_TOKENS, which the rules fix"]}
+                      if "VAL_TOKENS" in change else {"violations": []})  # fmt: skip
 
 
 def test_the_chat_reviewer_asks_the_endpoint_and_reads_its_answer():
-    stand_in = ChatStandIn()
+    stand_in = ChatStandIn(reviewer_answer)
     try:
         reviewer = ChatReviewer(stand_in.url, "judge-1")
         review = Review(
@@ -167,7 +135,7 @@ def test_an_unreadable_review_is_a_violation():
 def test_a_claim_the_reviewer_refuses_runs_nothing(tiny_data, tmp_path):
     runs = tmp_path / "runs"
     run = _fake_step(runs, _baseline() + "\n# reads VAL_TOKENS\n# fake: step_s=0.05\n")
-    stand_in = ChatStandIn()
+    stand_in = ChatStandIn(reviewer_answer)
     sandbox = FakeSandbox()
     try:
         refused = claim(run, runs_dir=runs, repeats=2, sandbox=sandbox, verify="none",

@@ -94,9 +94,9 @@ def test_llm_agent_against_a_stand_in_server(tiny_data, tmp_path, fake_llm):
     (req,) = fake_llm.requests
     assert (
         req["path"] == "/v1/chat/completions"
-        and req["model"] == "stand-in"
+        and req["body"]["model"] == "stand-in"
         and req["auth"] == "Bearer test-key"
         and req["user_agent"].startswith("OpenAI/Python")
     )
-    assert "Current script" in req["messages"][1]["content"]
+    assert "Current script" in req["body"]["messages"][1]["content"]
     assert "step 1: ok" in out or "step 1: missed_target" in out

@@ -36,8 +36,8 @@ def test_verifiers_evaluation_rewards_are_nanoenvs(tiny_data, tmp_path, fake_llm
     states = out["outputs"]
     assert len(states) == 2 and len(fake_llm.requests) == 4
     # the two rollouts ask at once: first turns carry 2 messages, second turns 4
-    firsts = [r["messages"] for r in fake_llm.requests if len(r["messages"]) == 2]
-    seconds = [r["messages"] for r in fake_llm.requests if len(r["messages"]) == 4]
+    firsts = [r["body"]["messages"] for r in fake_llm.requests if len(r["body"]["messages"]) == 2]
+    seconds = [r["body"]["messages"] for r in fake_llm.requests if len(r["body"]["messages"]) == 4]
     assert len(firsts) == len(seconds) == 2
     for first in firsts:
         assert first[0]["role"] == "system" and "unified diff" in first[0]["content"]
