@@ -174,7 +174,7 @@ def test_first_error_is_empty_without_a_python_exception():
 
 
 # torchrun 2.13's real stderr when a 2-rank gloo job with a module-level DDP model finished and
-# rank 1 then aborted as Python exited (3 runs in 55 here; paths shortened).
+# rank 1 then aborted as Python exited (3 runs in 53 here; paths shortened).
 GLOO_EXIT_ABORT = (Path(__file__).parent / "fixtures" / "gloo_exit_abort.txt").read_text()
 CRASHED_WHILE_RUNNING = GLOO_EXIT_ABORT.replace(
     "  <no Python frame>", '  File "/work/train_gpt.py", line 229 in <module>'

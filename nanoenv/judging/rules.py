@@ -170,7 +170,7 @@ def died_exiting(job: JobResult, parser: LogParser) -> str:
 
     gloo's and DDP's C++ threads can outlive the Python objects that own them when those are
     module globals (as in the records); at exit libstdc++ then aborts ("terminate called without
-    an active exception"), in 3 of 55 two-rank gloo runs with a module-level DDP model here
+    an active exception"), in 3 of 53 two-rank gloo runs with a module-level DDP model here
     (torch 2.13), the records' shape; the next rank is then killed by torchrun. The run's numbers
     and files were all written by then, so the run is judged on them, and verification still
     re-scores the model. Only a dump in which no thread of any crashed process runs Python code
