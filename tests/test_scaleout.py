@@ -316,6 +316,9 @@ def test_four_smoke_jobs_on_a_local_ray_cluster(ray_cluster, tiny_data, tmp_path
     handles += [env.unwrapped.submit(Action(diff=p.read_text(), base=0)) for p in patches]
     results = [h.result(timeout=600)[4]["result"] for h in handles]
     env.close()
+    # Nothing of the sandbox may still call Ray: a call after ray.shutdown() (the fixture's,
+    # right after this test) makes Ray _exit(1) the whole process, pytest with it.
+    assert not _relay_threads()
     assert [r.outcome for r in results].count(Outcome.INFRA_ERROR) == 0, [
         r.message for r in results
     ]
@@ -340,3 +343,9 @@ def test_a_killed_ray_worker_is_an_infra_error_and_the_rest_go_on(ray_cluster, t
     assert _wait_for(lambda: not _tagged("nanoenv-ray-doomed"), 15)
     assert fine.result(timeout=300)[4]["result"].outcome is Outcome.OK
     env.close()
+    assert not _relay_threads()
+
+
+def _relay_threads() -> list[threading.Thread]:
+    """The Ray sandbox's line-relay threads still alive."""
+    return [t for t in threading.enumerate() if t.name == "nanoenv-ray-lines" and t.is_alive()]

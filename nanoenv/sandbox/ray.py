@@ -140,9 +140,14 @@ class RaySandbox:
         return ray
 
     def close(self) -> None:
-        """Cancel what is still running (Ray itself stays up for its other users)."""
+        """Cancel what is still running and stop the line relay's thread (Ray itself stays up
+        for its other users, who may shut it down the moment this returns)."""
         for ref in list(self._running.values()):
             self._cancel(ref)
+        with self._lock:
+            relay = self._line_relay
+        if relay is not None:
+            relay.stop()
 
     def _cancel(self, ref: Any) -> None:
         import ray
@@ -214,7 +219,15 @@ class RaySandbox:
 
 class _LineRelay:
     """One Ray queue for all of a sandbox's jobs, and a thread that hands each batch of lines
-    to its job's callback (one queue actor, not one per job: actors cost a process each)."""
+    to its job's callback (one queue actor, not one per job: actors cost a process each).
+
+    The thread runs only while a job is registered, and ``stop`` waits for it: a Ray call made
+    from a thread after ``ray.shutdown()`` ends the whole process (Ray's core worker calls
+    ``_exit(1)``: "The core worker has already been shutdown"), so none may be pending once
+    the jobs are done and the sandbox is closed.
+    """
+
+    POLL_S = 0.25  # the longest a queue read blocks, so the longest stop() waits for it
 
     def __init__(self) -> None:
         from ray.util.queue import Queue
@@ -222,25 +235,46 @@ class _LineRelay:
         self.queue = Queue(maxsize=100_000, actor_options={"num_cpus": 0})
         self._jobs: dict[str, tuple[LineCallback | None, threading.Event]] = {}
         self._lock = threading.Lock()
-        threading.Thread(target=self._pump, daemon=True, name="nanoenv-ray-lines").start()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     def register(self, key: str, on_line: LineCallback | None) -> threading.Event:
         done = threading.Event()
         with self._lock:
             self._jobs[key] = (on_line, done)
+            self._stopping = False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._pump, daemon=True, name="nanoenv-ray-lines"
+                )
+                self._thread.start()
         return done
 
     def unregister(self, key: str) -> None:
         with self._lock:
             self._jobs.pop(key, None)
 
+    def stop(self) -> None:
+        """Stop the thread and wait until it has made its last Ray call."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10 * self.POLL_S + 5)
+
     def _pump(self) -> None:
         while True:
+            with self._lock:
+                if self._stopping or not self._jobs:  # nothing to relay: no Ray call pending
+                    self._thread = None
+                    return
             try:
-                key, payload = self.queue.get(timeout=1.0)
+                key, payload = self.queue.get(timeout=self.POLL_S)
             # empty, or Ray shut down (its get raises SystemExit(0) as the driver disconnects)
             except (Exception, SystemExit):
                 if not _ray_up():
+                    with self._lock:
+                        self._thread = None
                     return
                 continue
             with self._lock:
