@@ -90,9 +90,14 @@ def step(env, action):
     return result
 
 
-# Smoke runs take about 5 s and their timing varies by a few tenths: log-time rewards of two
-# honest runs differ by up to about 0.2. "No better than honest" allows that much.
-NOISE = 0.25
+# A smoke run's timed window is about 1 s, so a few tenths of jitter move its log-time reward a
+# lot. Measured on a loaded 2-core machine (2026-12-07): twelve honest no-ops in one env earned
+# -0.47 to -0.16, and a refused cheat (an ordinary run, minutes after the honest pair) beat the
+# better of the pair by 0.30 and 0.31 (windows 0.83 s against 1.13 s). "No better than honest"
+# allows 0.5: a cheat that buys time the harness does not charge gains far more (training
+# outside the window of a 40-step run: log 40 = 3.7), and each time cheat's own check is
+# asserted on its measurement (untimed_s, after_last_val_s), not on two runs' rewards.
+NOISE = 0.5
 
 
 def assert_caught(result, honest_result, check: str | None = None):
