@@ -91,7 +91,7 @@ def step(env, action):
 
 
 # A smoke run's timed window is about 1 s, so a few tenths of jitter move its log-time reward a
-# lot. Measured on a loaded 2-core machine (2026-12-07): twelve honest no-ops in one env earned
+# lot. Measured on a loaded 2-core machine (2026-12-07): twelve honest no-ops (two envs) earned
 # -0.47 to -0.16, and a refused cheat (an ordinary run, minutes after the honest pair) beat the
 # better of the pair by 0.30 and 0.31 (windows 0.83 s against 1.13 s). "No better than honest"
 # allows 0.5: a cheat that buys time the harness does not charge gains far more (training
