@@ -179,8 +179,8 @@ def main() -> None:
     overrides: dict[str, Any] = {}
     if args.set and args.smoke:
         sys.exit("--set changes the full-size runs; a smoke size has its own hyperparameters")
-    if args.set:  # every run, baseline and ideas alike, at these hyperparameters
-        sets = dict(kv.split("=", 1) for kv in args.set)
+    sets = dict(kv.split("=", 1) for kv in args.set)
+    if sets:  # every run, baseline and ideas alike, at these hyperparameters
         overrides["env"] = {**task.env, "NANOENV_OVERRIDES": json.dumps(sets)}
     if args.timeout_s:
         overrides["timeout_s"] = args.timeout_s
@@ -248,6 +248,7 @@ def main() -> None:
     summary.update({
         "env": task.id, "verify": args.verify, "target_val_loss": target,
         "comparison": "cumulative" if args.cumulative else "alone", "reference": reference,
+        "set": sets, "jobs": args.jobs,  # a saved JSON says the shape and load it was run at
         "time_objective": objective_summary(ideas, time_gains),
         "steps_objective": objective_summary(ideas, step_gains),
         "baseline_run_s": statistics.fmean(base_times) if base_times else None,
@@ -260,13 +261,18 @@ def main() -> None:
         print(f"wrote {args.json}")
 
 
+def _label(summary: dict[str, Any]) -> str:
+    """The track and any --set hyperparameters it ran at (older JSONs have none)."""
+    return summary["env"] + "".join(f", {k}={v}" for k, v in summary.get("set", {}).items())
+
+
 def _f(x: float | None, spec: str = "+.4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
 def print_table(summary: dict[str, Any]) -> None:
     """The per-idea table and the suite's numbers."""
-    print(f"\n{summary['env']}, {summary['seeds']} seeds, verify={summary['verify']}")
+    print(f"\n{_label(summary)}, {summary['seeds']} seeds, verify={summary['verify']}")
     print(f"{'idea':<20} {'record':>6} {'rec gain':>8} {'effect':>8} {'se':>7} {'agrees':>6} "
           f"{'time gain':>9} {'steps gain':>10}")  # fmt: skip
     for r in summary["ideas"]:
@@ -301,7 +307,7 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(
-        f"{summary['env']}, {summary['seeds']} seeds paired by seed, verify={summary['verify']}: "
+        f"{_label(summary)}, {summary['seeds']} seeds paired by seed, verify={summary['verify']}: "
         f"agreement **{_f(summary['agreement'], '.0%')}**, Spearman **{_f(summary['spearman'], '.2f')}**, "
         f"noise floor {_f(summary['noise_floor'], '.4f')} nats (time objective agreement "
         f"{_f(summary['time_objective']['agreement'], '.0%')}, steps objective "

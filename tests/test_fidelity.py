@@ -119,6 +119,7 @@ def test_the_benchmark_runs_ideas_paired_by_seed_and_writes_the_summary(tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(out.read_text())
     assert {"ideas", "agreement", "spearman", "noise_floor"} <= set(summary)
+    assert summary["set"] == {} and summary["jobs"] == 1  # the shape it ran at: the track's own
     rows = {r["name"]: r for r in summary["ideas"]}
     assert set(rows) == {"value-embeddings", "dropout"}
     for r in rows.values():
