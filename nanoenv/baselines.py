@@ -65,7 +65,7 @@ def _gpus() -> str:
 
 # How the harness times and scores a run. A baseline measured under other rules is not a
 # baseline for these: changing this string retires every cached measurement.
-RULES = "2026-12-01: time to the job's exit; hidden-val loss where the task sets it"
+RULES = "2026-12-07: time to the job's exit or its end line; hidden-val loss where the task sets it"
 
 
 def fingerprint(task: TaskSpec, sandbox: str) -> dict[str, str]:

@@ -103,7 +103,8 @@ def rules_text(task: TaskSpec) -> str:
 protected regions must stay exactly as they are:
 {protected}
 The script must print speedrun log lines (`step:S/N val_loss:X train_time:Tms step_avg:Ams`),
-define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR."""
+define build_model(config), and write model.safetensors and model.json to NANOENV_OUT_DIR. The run
+ends at the line `saved model to ...`: print it once both files are written."""
 
 
 def _curve(result: RunResult) -> str:

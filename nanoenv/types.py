@@ -262,6 +262,9 @@ class Job(BaseModel):
     gpus: int | list[int] = 0
     network: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    # A stdout line that begins with this ends the job: the sandbox stops every process of it
+    # at once and the job counts as having exited 0 (telemetry.END_LINE, for training runs).
+    end_line: str | None = None
 
 
 class JobResult(BaseModel):
@@ -281,6 +284,8 @@ class JobResult(BaseModel):
     # Harness clock (seconds since the job started) when every process of the job was gone:
     # the end of the work the reward times. None when the sandbox could not tell.
     exit_s: float | None = None
+    # True when the job printed its end line (Job.end_line) and the sandbox ended it there.
+    ended_at_end_line: bool = False
 
     @property
     def ended_on_its_own(self) -> bool:

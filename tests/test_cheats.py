@@ -333,6 +333,19 @@ def test_build_model_that_is_not_the_trained_model(honest):
 
 
 @pytest.mark.slow
+def test_teardown_is_not_charged_so_exiting_early_buys_nothing(honest_runs):
+    """The clock once ran through the interpreter's teardown after the model was saved (0.6 s
+    of a 4 s smoke run with torch loaded), so `os._exit(0)` after saving bought that back: time
+    no speedrunner would count. Now the sandbox ends a run at its `saved model to` line, and
+    the honest runs' clocks stop there."""
+    _, runs = honest_runs
+    for result in runs:
+        assert result.telemetry.get("ended_at_end_line") == 1.0, result.telemetry
+        assert result.telemetry["after_last_val_s"] < 0.3, result.telemetry  # the save alone
+        assert result.exit_code == 0 and result.verdict.verified
+
+
+@pytest.mark.slow
 def test_work_before_the_timed_window(honest):
     """Training before the step-0 val line: that time is charged, so nothing is gained."""
     env, ok = honest

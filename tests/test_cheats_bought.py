@@ -117,6 +117,21 @@ def test_a_fake_early_point_buys_nothing_at_budget(track_data, tmp_path):
     assert cheat.reward <= honest.reward
 
 
+@pytest.mark.slow
+def test_an_early_end_line_ends_the_run_there(honest):
+    """The end line stops the clock, so printing it early would stop the clock early, except
+    that it stops the job too: the run ends at its first val line, with no window and no model,
+    and earns the failure's reward."""
+    env, ok = honest
+    result = step(env, edit((LOG_VAL, LOG_VAL + """
+            if step == 0:
+                print("saved model to " + out_dir, flush=True)  # the cheat: "done", now
+            """)))  # fmt: skip
+    assert result.telemetry.get("ended_at_end_line") == 1.0, result.telemetry
+    assert result.outcome is not Outcome.OK and not result.verdict.verified, result.message
+    assert result.reward <= -1.0 < ok.reward, (result.reward, result.message)
+
+
 # --------------------------------------------------------------------------- the loss
 
 

@@ -244,3 +244,26 @@ def test_docker_and_local_agree(make_env, docker_image, no_leftovers):
         curves[sandbox] = [p.val_loss for p in info["result"].val_curve]
     assert curves["docker"] == curves["local"]
     assert Path(info["result"].artifacts_dir, "out", "model.safetensors").exists()
+
+
+def test_the_end_line_ends_the_job_and_keeps_its_out_dir(docker_client, docker_image, tmp_path,
+                                                         no_leftovers, monkeypatch):  # fmt: skip
+    """In a container, the end line stops the job's processes (not the container, whose out
+    dir is read next): exit 0, nothing after the line, the files written before it kept. Its
+    CPU time and memory come from the container's own cgroup counters, read in it (the
+    engine's statistics, the fallback, wait a second for a sample on every job)."""
+    from test_sandbox_local import AFTER_THE_END
+
+    import nanoenv.sandbox.docker as docker_sandbox
+
+    def no_fallback(container):
+        raise AssertionError("the cgroup counters could not be read in the container")
+
+    monkeypatch.setattr(docker_sandbox, "_engine_usage", no_fallback)
+    job = _job(AFTER_THE_END, out_dir=tmp_path / "out", end_line="saved model to ")
+    result = DockerSandbox(image=docker_image, client=docker_client).run(job)
+    assert result.telemetry["cpu_time_s"] > 0.05 and result.telemetry["peak_rss_mb"] > 1
+    assert result.ok and result.exit_code == 0 and result.ended_at_end_line, result
+    assert not result.timed_out and result.wall_time_s < 15
+    assert [ln.text for ln in result.lines if ln.stream == "stdout"] == ["saved model to out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json"]

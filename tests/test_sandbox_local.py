@@ -345,3 +345,45 @@ def test_a_killed_harness_leaves_no_job_folder(tmp_path):
     _, pid, start = owner_id().rsplit(":", 2)  # a folder of this live process is kept
     kept = Path(tempfile.mkdtemp(prefix=f"nanoenv-job-{pid}-{start}-", dir=tmp_path))
     assert sweep_workspaces(LOCAL_WORKSPACE, tmp_path) == 0 and kept.is_dir()
+
+
+# A script that prints its end line with a model half-written, then goes on: sleeps, writes
+# more, leaves a daemon. The job must end at the line, with none of that done.
+AFTER_THE_END = """
+    import os, subprocess, sys, time
+    out = os.environ["NANOENV_OUT_DIR"]
+    open(os.path.join(out, "model.json"), "w").write("{}")
+    x = sum(i * i for i in range(3_000_000))  # some CPU time before the line, to be accounted
+    print("saved model to out", flush=True)
+    print("after the end line", flush=True)
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(20)
+    open(os.path.join(out, "late.txt"), "w").write("written after the end line")
+"""
+
+
+def test_the_end_line_ends_the_job_at_once(tmp_path):
+    """Job.end_line (the training runs' `saved model to` line): the job is stopped when the line
+    arrives, counts as exited 0, and nothing it would do after the line happens: no later
+    output, no later file, no process left. Its CPU time up to the line is still reported."""
+    job = Job(files={"main.py": textwrap.dedent(AFTER_THE_END)}, command=["{python}", "main.py"],
+              out_dir=tmp_path / "out", limits=Limits(timeout_s=30),
+              end_line="saved model to ")  # fmt: skip
+    t0 = time.monotonic()
+    result = LocalSandbox().run(job)
+    assert time.monotonic() - t0 < 10 and not result.timed_out
+    assert result.ok and result.exit_code == 0 and result.ended_at_end_line, result
+    assert [ln.text for ln in result.lines] == ["saved model to out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json"]
+    assert result.exit_s is not None and result.exit_s < 8
+    assert result.telemetry["cpu_time_s"] > 0.05
+    time.sleep(0.3)
+    assert not _leftovers("import time; time.sleep(60)")
+
+
+def test_without_an_end_line_a_job_runs_to_its_exit():
+    """The same line means nothing to a job that sets no end_line (the verifier's, a record
+    run as it is): it runs on to its exit."""
+    result, _ = run('print("saved model to out", flush=True)\nprint("and then this")\n')
+    assert result.ok and not result.ended_at_end_line
+    assert [ln.text for ln in result.lines] == ["saved model to out", "and then this"]

@@ -38,7 +38,7 @@ from nanoenv.judging.rules import (
     rejection_message,
 )
 from nanoenv.judging.steps import tokens_to_target
-from nanoenv.judging.telemetry import LogParser
+from nanoenv.judging.telemetry import END_LINE, LogParser
 from nanoenv.judging.timing import harness_time, timing_checks
 from nanoenv.sandbox.base import Sandbox, capabilities
 from nanoenv.sandbox.gpus import GpuPool
@@ -110,6 +110,7 @@ class Runner:
             limits=limits,
             gpus=self.task.gpus,
             labels={"nanoenv.task": self.task.id, "nanoenv.role": "train"},
+            end_line=END_LINE,
         )
 
     def run_job(self, job: Job, on_line: Any, cancel: threading.Event | None) -> JobResult:
@@ -230,6 +231,7 @@ class Runner:
                     if clock.after_last_val_s is not None
                     else {}
                 ),
+                **({"ended_at_end_line": 1.0} if job_result.ended_at_end_line else {}),
             },
             notes=list(job_result.notes),
         )

@@ -2,7 +2,9 @@
 
 The time the reward uses runs from the step-0 ``val_loss`` line (as the harness received it)
 to the moment every process of the job was gone, which comes after the model file is complete:
-work after the last val line (training on silently, then saving) is work, and it is timed.
+work after the last val line (training on silently, then saving) is work, and it is timed. A
+training job ends at its end line (telemetry.END_LINE, printed once the model is saved): the
+sandbox kills it there, so the interpreter's teardown is not timed and nothing after it runs.
 Warm-up before step 0 is free up to the task's allowance and charged beyond it, so training
 moved before step 0 still counts. The window between the first and the last val line is what
 the script's own ``train_time`` describes, and is only used to check that clock.

@@ -136,7 +136,9 @@ class OutputPump:
     """Reads a child's pipe line by line, stamps each line with the harness clock, caps bytes.
 
     One pump per stream, each in its own thread; ``on_line`` is called from those threads,
-    under a lock, so callers see one line at a time.
+    under a lock, so callers see one line at a time. A stdout line that begins with
+    ``end_line`` is the job's last: ``on_end`` is called to stop the job, and nothing after it
+    is kept.
     """
 
     def __init__(
@@ -145,14 +147,19 @@ class OutputPump:
         max_bytes: int,
         on_line: LineCallback | None,
         on_overflow: Callable[[], None],
+        end_line: str | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.t0 = t0
         self.max_bytes = max_bytes
         self.on_line = on_line
         self.on_overflow = on_overflow
+        self.end_line = end_line
+        self.on_end = on_end
         self.lines: list[StampedLine] = []
         self.bytes_seen = 0
         self.truncated = False
+        self.ended = False  # the end line came, and the job was stopped there
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -171,6 +178,8 @@ class OutputPump:
         """Take one line (with or without its newline) as received now."""
         stamp = time.monotonic() - self.t0
         with self._lock:
+            if self.ended:
+                return  # the run ended at its end line; what the dying job still wrote is not
             self.bytes_seen += len(raw)
             if self.bytes_seen > self.max_bytes:
                 if not self.truncated:
@@ -188,6 +197,10 @@ class OutputPump:
                     self.on_line(line)
                 except Exception:  # a bad line must never stop the reader: the pipe would fill
                     log.exception("the line callback failed on %r", line.text[:200])
+            if self.end_line and stream == "stdout" and line.text.startswith(self.end_line):
+                self.ended = True
+                if self.on_end is not None:
+                    self.on_end()
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the readers to see end of file."""
@@ -344,17 +357,19 @@ def result_from(
     telemetry: dict[str, float] | None = None,
     exit_s: float | None = None,
 ) -> JobResult:
-    """Assemble a JobResult from a finished pump and the child's fate."""
+    """Assemble a JobResult from a finished pump and the child's fate. A job the sandbox ended
+    at its end line exited 0: it said it was done, and the kill only skipped its teardown."""
     return JobResult(
         exit_s=None if exit_s is None else round(exit_s, 4),
-        exit_code=exit_code,
+        exit_code=0 if pump.ended else exit_code,
         lines=sorted(pump.lines, key=lambda x: x.t),
         wall_time_s=round(time.monotonic() - t0, 4),
         timed_out=timed_out,
-        oom=oom,
+        oom=oom and not pump.ended,
         output_truncated=pump.truncated,
         notes=notes or [],
         telemetry=telemetry or {},
+        ended_at_end_line=pump.ended,
     )
 
 

@@ -313,7 +313,11 @@ class DockerSandbox:
             user=f"{UID}:{UID}",
         )["Id"]  # fmt: skip
         t0 = time.monotonic()
-        pump = OutputPump(t0, job.limits.max_output_bytes, on_line, lambda: _kill(container))
+        pump = OutputPump(
+            t0, job.limits.max_output_bytes, on_line, lambda: _kill(container),
+            # the end line stops the job's processes, not the container: the out dir is read next
+            end_line=job.end_line, on_end=lambda: _kill_job_processes(api, container),
+        )  # fmt: skip
         splitters = {"stdout": LineSplitter(pump, "stdout"), "stderr": LineSplitter(pump, "stderr")}
 
         def read() -> None:
@@ -345,13 +349,10 @@ class DockerSandbox:
             notes.append(f"output passed {job.limits.max_output_bytes:,} bytes: job killed")
         if not timed_out and not pump.truncated and job.out_dir is not None:
             # Nothing the job left running may touch the out dir while it is read.
-            kill_rest = api.exec_create(
-                container.id, ["sh", "-c", "kill -9 -1; true"], user=f"{UID}:{UID}"
-            )
-            api.exec_start(kill_rest["Id"])
+            _kill_job_processes(api, container)
             exit_s = time.monotonic() - t0  # the exec ended and nothing it started is left
             notes += self._copy_out(api, container, job)
-        telemetry = _usage(container)
+        telemetry = _usage(api, container)
         container.reload()
         state = container.attrs.get("State", {})
         oom = bool(state.get("OOMKilled")) or (
@@ -383,7 +384,36 @@ class DockerSandbox:
             return extract_tar(Path(tmp.name), job.out_dir, cap, job.limits.max_out_files)
 
 
-def _usage(container: Any) -> dict[str, float]:
+# The container's own cgroup counters, read from inside it (read-only there: the job cannot
+# write them): cgroup v2's cpu.stat and memory.peak, else v1's cpuacct and memory files.
+_CGROUP_USAGE = r"""
+cg=/sys/fs/cgroup
+if [ -r $cg/cpu.stat ]; then
+    while read -r key value; do [ "$key" = usage_usec ] && cpu_ns=${value}000; done < $cg/cpu.stat
+    peak=$(cat $cg/memory.peak 2>/dev/null || cat $cg/memory.current 2>/dev/null)
+else
+    cpu_ns=$(cat $cg/cpuacct/cpuacct.usage 2>/dev/null)
+    peak=$(cat $cg/memory/memory.max_usage_in_bytes 2>/dev/null)
+fi
+echo "nanoenv-usage ${cpu_ns:-0} ${peak:-0}"
+"""
+
+
+def _usage(api: Any, container: Any) -> dict[str, float]:
+    """CPU time and peak memory of the container: its cgroup's counters, read by an exec in
+    it (milliseconds), else the engine's statistics (which wait a second for a sample)."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.DockerException, ValueError, IndexError):
+        exec_id = api.exec_create(container.id, ["sh", "-c", _CGROUP_USAGE], user=f"{UID}:{UID}")
+        out = api.exec_start(exec_id["Id"]).decode("utf-8", "replace").split()
+        _, cpu_ns, peak = out[out.index("nanoenv-usage") :][:3]
+        if int(cpu_ns) > 0:
+            return {"cpu_time_s": int(cpu_ns) / 1e9, "peak_rss_mb": int(peak) / 2**20}
+    return _engine_usage(container)
+
+
+def _engine_usage(container: Any) -> dict[str, float]:
     """CPU time and peak memory of the container, from the engine's cgroup statistics."""
     import docker.errors
 
@@ -400,6 +430,12 @@ def _usage(container: Any) -> dict[str, float]:
     if peak:
         out["peak_rss_mb"] = peak / 2**20
     return out
+
+
+def _kill_job_processes(api: Any, container: Any) -> None:
+    """SIGKILL every process the job's user runs in the container (the container stays up)."""
+    kill = api.exec_create(container.id, ["sh", "-c", "kill -9 -1; true"], user=f"{UID}:{UID}")
+    api.exec_start(kill["Id"])
 
 
 def _kill(container: Any) -> None:

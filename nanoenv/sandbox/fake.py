@@ -118,8 +118,11 @@ class FakeSandbox:
                 emit(end, text, "stderr")
         elif "no_model" not in d and job.out_dir is not None:
             self._write_model(job.out_dir)
+            if job.end_line:  # as the baselines do: the run ends at its end line
+                emit(end, f"{job.end_line}{job.out_dir}")
         return JobResult(exit_code=exit_code, lines=lines, wall_time_s=end, exit_s=end,
-                         telemetry={"cpu_time_s": end, "peak_rss_mb": 1.0})  # fmt: skip
+                         telemetry={"cpu_time_s": end, "peak_rss_mb": 1.0},
+                         ended_at_end_line=bool(job.end_line and lines[-1].text.startswith(job.end_line)))  # fmt: skip
 
     def close(self) -> None:
         """Nothing to release."""

@@ -145,6 +145,27 @@ def sweep_orphans() -> int:
     return killed
 
 
+def _usage_of(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds (each process's own and its reaped children's) and the largest peak RSS
+    (KiB) of live processes, from /proc: read before a job is ended at its end line, which
+    kills the wrapper that would have recorded them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu, rss = 0.0, 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            # after "pid (comm) ": state is field 3; utime, stime, cutime, cstime are 14-17
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cpu += sum(int(x) for x in fields[11:15]) / tick
+            with open(f"/proc/{pid}/status") as f:
+                hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+            rss = max([rss, *map(float, hwm)])
+        except (OSError, ValueError, IndexError):
+            continue  # gone already
+    return cpu, rss
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -233,9 +254,16 @@ class LocalSandbox:
                 preexec_fn=_limit_setter(job.limits, nproc),
             )
             pgid = proc.pid
+            at_end: list[tuple[float, float]] = []
+
+            def end() -> None:  # the end line: what the job used so far, then stop it all
+                at_end.append(_usage_of([p for p, m in _marked_processes() if m[MARKER] == job_id]))
+                _kill_group(pgid, signal.SIGKILL)
+
             pump = OutputPump(
-                t0, job.limits.max_output_bytes, on_line, lambda: _kill_group(pgid, signal.SIGKILL)
-            )
+                t0, job.limits.max_output_bytes, on_line, lambda: _kill_group(pgid, signal.SIGKILL),
+                end_line=job.end_line, on_end=end,
+            )  # fmt: skip
             assert proc.stdout is not None and proc.stderr is not None
             pump.start(proc.stdout, "stdout")
             pump.start(proc.stderr, "stderr")
@@ -254,6 +282,8 @@ class LocalSandbox:
                 )
             wall = time.monotonic() - t0
             cpu_s, rss_kb = job_usage(workspace, rusage)
+            if at_end:
+                cpu_s, rss_kb = max(cpu_s, at_end[0][0]), max(rss_kb, at_end[0][1])
             if cmd[0] == bwrap() and exit_code > 128:  # bwrap says 128 + n for a signal n
                 exit_code = -(exit_code - 128)
             telemetry = {
