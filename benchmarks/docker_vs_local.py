@@ -4,7 +4,7 @@ Runs the baseline with the same harness seed in both sandboxes, alternating loca
 so machine noise hits both alike. Prints each pair, then the docker step overhead (docker
 step wall time minus local step wall time) and whether the final losses agree.
 
-Usage: python benchmarks/docker_vs_local.py [--repeats 3] [--smoke]
+Usage: python benchmarks/docker_vs_local.py [--env ID] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import time
 import gymnasium as gym
 
 import nanoenv  # noqa: F401
+from nanoenv.tasks import DEFAULT_TASK, NAMESPACE
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default=NAMESPACE + DEFAULT_TASK, help="default: the newest CPU track")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
@@ -28,7 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         envs = {
             sb: gym.make(
-                "nanoenv/Speedrun-Tiny-v0",
+                args.env,
                 sandbox=sb,
                 smoke=args.smoke,
                 runs_dir=runs,
