@@ -180,8 +180,9 @@ def report(result: RunResult, settings: RunSettings, *, current_step: int) -> st
     if result.train_time_s is not None and result.reported_train_time_s is not None:
         lines.append(
             f"Training time {result.train_time_s:.2f} s by the harness clock (process start, "
-            "less the task's free warm-up, to the exit of the run's last process, evaluations "
-            f"and saving included); the script reported {result.reported_train_time_s:.2f} s."
+            "less the task's free warm-up, to the `saved model to` line, or without one to the "
+            "exit of the run's last process; evaluations and saving included); the script "
+            f"reported {result.reported_train_time_s:.2f} s."
         )
     if (sig := result.significance) is not None:
         p = "n/a" if sig.p_value is None else f"{sig.p_value:.3g}"
