@@ -59,9 +59,10 @@ class SpeedrunEnv(gym.Env[dict[str, Any], Any]):
 
         Computed from what the harness measured: the re-evaluated loss (``verify="full"``; on the
         tiny track the loss on hidden val windows, which no run sees) and the harness's clock
-        (process start to the run's end line, or the exit of its last process). ``time_to_target`` (default):
-        log(baseline time / time) when the outcome is ``ok`` (the target met, with repeats at
-        p < 0.01), else a penalty from -0.05 to -1 growing with the miss. ``loss_at_budget``: the
+        (process start to the run's end line, or the exit of its last process).
+        ``time_to_target`` (default): log(baseline time / time) when the outcome is ``ok`` (the
+        target met, with repeats at p < 0.01), else a penalty from -0.05 to -1 growing with the
+        miss. ``loss_at_budget``: the
         baseline's loss minus the run's verified loss, for a run that ended within the baseline's
         time + 5 % (``NANOENV_TIME_BUDGET_S``); an overrun is penalised. ``frontier``: the
         hypervolume a run adds to the episode's (time, loss) frontier (nanoenv.judging.progress), beyond

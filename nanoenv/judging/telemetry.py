@@ -6,10 +6,10 @@ A training script prints lines in the format of modded-nanogpt's records::
     step:{s}/{total} train_loss:{x} train_time:{ms}ms step_avg:{ms}ms
 
 and any number of further ``key:value`` tokens. Every other line is plain log, except the
-end line (:data:`END_LINE`), which the baselines print once their model files are complete. The parser
-is lenient by design: real logs hold ``nan`` losses, ``step_avg:nanms``, lines cut short by
-a killed process, and garbage between lines, and none of these may lose the points around
-them.
+end line (:data:`END_LINE`), which the baselines print once their model files are complete.
+The parser is lenient by design: real logs hold ``nan`` losses, ``step_avg:nanms``, lines cut
+short by a killed process, and garbage between lines, and none of these may lose the points
+around them.
 """
 
 from __future__ import annotations

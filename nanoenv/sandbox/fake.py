@@ -116,13 +116,15 @@ class FakeSandbox:
                          f'  File "{job.command[-1]}", line 1, in <module>',
                          "RuntimeError: the fake script was told to fail"):  # fmt: skip
                 emit(end, text, "stderr")
-        elif "no_model" not in d and job.out_dir is not None:
+        ended = False
+        if not exit_code and "no_model" not in d and job.out_dir is not None:
             self._write_model(job.out_dir)
             if job.end_line:  # as the baselines do: the run ends at its end line
                 emit(end, f"{job.end_line}{job.out_dir}")
+                ended = True
         return JobResult(exit_code=exit_code, lines=lines, wall_time_s=end, exit_s=end,
                          telemetry={"cpu_time_s": end, "peak_rss_mb": 1.0},
-                         ended_at_end_line=bool(job.end_line and lines[-1].text.startswith(job.end_line)))  # fmt: skip
+                         ended_at_end_line=ended)  # fmt: skip
 
     def close(self) -> None:
         """Nothing to release."""
