@@ -130,6 +130,9 @@ def test_an_early_end_line_ends_the_run_there(honest):
     assert result.telemetry.get("ended_at_end_line") == 1.0, result.telemetry
     assert result.outcome is not Outcome.OK and not result.verdict.verified, result.message
     assert result.reward <= -1.0 < ok.reward, (result.reward, result.message)
+    assert any("ended the run at its `saved model to` line" in n for n in result.notes), (
+        result.notes
+    )
 
 
 # --------------------------------------------------------------------------- the loss

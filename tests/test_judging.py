@@ -10,6 +10,7 @@ from nanoenv.judging.rules import (
     aggregate,
     classify_job,
     died_exiting,
+    ended_early,
     first_error,
     log_tail,
     rejection_message,
@@ -236,3 +237,24 @@ def test_first_error_reads_a_bounded_part_of_a_flood():
     (which, at 100,000 squared, would not finish); nothing is found, and it says so."""
     flood = ["Traceback (most recent call last):"] * 100_000 + ["ValueError: late"]
     assert first_error(_lines("\n".join(flood))) == ""
+
+
+def _ended(texts: list[str], ended: bool) -> tuple[JobResult, LogParser]:
+    lines = [StampedLine(t=float(k), stream="stdout", text=t) for k, t in enumerate(texts)]
+    parser = LogParser()
+    for line in lines:
+        parser.feed(line.text, line.t)
+    return JobResult(exit_code=0, lines=lines, ended_at_end_line=ended), parser
+
+
+def test_a_run_ended_at_its_end_line_mid_run_is_told_so():
+    """A checkpoint message that reads like the end line, printed mid-run, ends the run there:
+    the note says so, with the step and the files missing; a run that ended where it should,
+    or that printed no end line, gets no note."""
+    mid = ["step:0/40 val_loss:7.0", "step:20/40 val_loss:5.6", "saved model to ckpt"]
+    note = ended_early(*_ended(mid, True), written=set())
+    assert "after step 20 of 40" in note and "model.safetensors and model.json" in note, note
+    files = {"model.safetensors", "model.json"}
+    done = ["step:0/40 val_loss:7.0", "step:40/40 val_loss:5.4", "saved model to out"]
+    assert ended_early(*_ended(done, True), files) == ""
+    assert ended_early(*_ended(mid, False), set()) == ""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 
 import numpy as np
 
 from nanoenv.judging.significance import significance
-from nanoenv.judging.telemetry import LogParser
+from nanoenv.judging.telemetry import END_LINE, LogParser
 from nanoenv.types import Check, JobResult, Outcome, RunResult, StampedLine, Verdict
 
 LOG_TAIL_LINES = 40
@@ -163,6 +164,26 @@ def _terminate_cause(before: list[str]) -> str:
         return ""
     what = next((w[1] for t in before[k + 1 :] if (w := _WHAT.match(t))), "")
     return f" ({before[k][:200]}{': ' + what[:200] if what else ''})"
+
+
+def ended_early(job: JobResult, parser: LogParser, written: Collection[str]) -> str:
+    """A note when the harness ended a run at its end line before the run was done: the model
+    files not yet written, or the last val line short of the steps the log announced (a
+    checkpoint message that reads like the end line, printed mid-run), else "". ``written``:
+    the names of the files the run left in its out dir."""
+    if not job.ended_at_end_line:
+        return ""
+    last = parser.last_val
+    unwritten = [n for n in ("model.safetensors", "model.json") if n not in written]
+    short = last is not None and last.total_steps is not None and last.step < last.total_steps
+    if not unwritten and not short:
+        return ""
+    at = f" after step {last.step} of {last.total_steps}" if short and last is not None else ""
+    missing = f", before {' and '.join(unwritten)} existed" if unwritten else ""
+    return (
+        f"the harness ended the run at its `{END_LINE.strip()}` line{at}{missing}: a run ends "
+        "there (print it once, after both model files are written)"
+    )
 
 
 def died_exiting(job: JobResult, parser: LogParser) -> str:

@@ -32,6 +32,7 @@ from nanoenv.judging.rules import (
     aggregate,
     classify_job,
     died_exiting,
+    ended_early,
     first_error,
     integrity_ok,
     log_tail,
@@ -241,6 +242,9 @@ class Runner:
         ended = classify_job(job_result, parser)
         if exited_badly := died_exiting(job_result, parser):
             result.notes.append(exited_badly)
+        written = {p.name for p in record.out_dir.iterdir()} if record.out_dir.is_dir() else set()
+        if cut_short := ended_early(job_result, parser, written):
+            result.notes.append(cut_short)
         if ended is not None:
             outcome, message = ended
             verdict = Verdict(
