@@ -1,12 +1,22 @@
-"""Shared fixtures. Markers: `docker` (needs a Docker engine), `slow` (a full-size run).
+"""Shared fixtures. Markers: `docker` (needs a Docker engine), `slow` (real training),
+`alone` (runs with no other test beside it).
 
 A marker's tests skip on a user's machine that lacks the part, and fail instead when the
 environment says the part must be there (CI sets NANOENV_REQUIRE_DOCKER=1).
+
+The suite runs in parallel (pytest-xdist, one worker per core; a smoke run takes one core).
+Every test holds a shared lock on the machine while it runs, setup and teardown included; an
+`alone` test holds it exclusively, so nothing runs beside a test that compares wall times or
+clears every container.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +27,46 @@ REQUIRE_DOCKER = os.environ.get("NANOENV_REQUIRE_DOCKER") == "1"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPEEDRUN_LOGS = sorted((FIXTURES / "modded-nanogpt-logs").glob("*.txt"))
+
+
+@contextlib.contextmanager
+def _hold_the_machine(exclusive: bool) -> Iterator[None]:
+    """A readers-writer lock over the test run's workers. The turnstile keeps a waiting
+    exclusive test from being starved by the other workers' next tests (flock prefers none)."""
+    folder = Path(tempfile.gettempdir()) / f"nanoenv-tests-{os.environ['PYTEST_XDIST_TESTRUNUID']}"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "turnstile", "w") as turnstile, open(folder / "machine", "w") as machine:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield  # closing the files releases both locks
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist: every test shares the machine, an `alone` test has it to itself."""
+    if "PYTEST_XDIST_TESTRUNUID" not in os.environ:
+        yield
+        return
+    with _hold_the_machine(exclusive=item.get_closest_marker("alone") is not None):
+        yield
+
+
+def own_containers(client) -> list:
+    """The nanoenv containers this test process owns, or whose owner is gone: what a test may
+    have left behind. A parallel worker's live containers are not this test's."""
+    from nanoenv.liveness import owner_alive, owner_id
+    from nanoenv.sandbox.docker import LABEL
+
+    me = owner_id()
+    return [
+        c
+        for c in client.containers.list(all=True, filters={"label": LABEL})
+        if (owner := c.labels.get(f"{LABEL}.owner", "")) == me or not owner_alive(owner)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -121,11 +171,9 @@ def docker_image(docker_client) -> str:
 
 @pytest.fixture
 def no_leftovers(docker_client):
-    """After the test: no nanoenv container exists."""
+    """After the test: no nanoenv container of this process (or of a dead owner) is left."""
     yield
-    from nanoenv.sandbox.docker import LABEL
-
-    left = docker_client.containers.list(all=True, filters={"label": LABEL})
+    left = own_containers(docker_client)
     assert left == [], f"containers left behind: {[c.name for c in left]}"
 
 

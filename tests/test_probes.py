@@ -18,14 +18,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import own_containers
 
 from nanoenv import Action, Outcome
 from nanoenv.data import dataset_root, verify_dataset
-from nanoenv.sandbox.docker import LABEL
 from nanoenv.tasks import baseline_script, load_task
 
 BASELINE = baseline_script(load_task("tiny"))
-LIMITS = {"timeout_s": 240, "memory_mb": 2048, "cpus": 2, "pids": 256}
+LIMITS = {"timeout_s": 240, "memory_mb": 2048, "cpus": 1, "pids": 256}
 DOCKER = pytest.param("docker", marks=pytest.mark.docker)
 BOTH = ["local", DOCKER]
 
@@ -47,11 +47,9 @@ def private_data(tiny_data, tmp_path_factory):
 
 
 def _temp_dirs() -> set[str]:
-    return {
-        p
-        for p in os.listdir(tempfile.gettempdir())
-        if p.startswith(("nanoenv-job-", "nanoenv-docker-job-"))
-    }
+    """This process's job folders (a parallel test worker's are its own)."""
+    mine = (f"nanoenv-job-{os.getpid()}-", f"nanoenv-docker-job-{os.getpid()}-")
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(mine)}
 
 
 @pytest.fixture
@@ -80,8 +78,7 @@ def run_probe(private_data, tmp_path, request):
         env.close()
     assert _temp_dirs() == before
     if any(env.unwrapped.sandbox.name == "docker" for env in envs):
-        client = request.getfixturevalue("docker_client")
-        assert client.containers.list(all=True, filters={"label": LABEL}) == []
+        assert own_containers(request.getfixturevalue("docker_client")) == []
     verify_dataset(private_data)  # every shard still matches its sha256
 
 
@@ -128,6 +125,7 @@ def test_memory_bomb(run_probe, sandbox):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # it reads the host's free space, which a parallel test's files move
 @pytest.mark.parametrize("sandbox", [DOCKER])
 def test_filling_tmp(run_probe, sandbox):
     """/tmp is a capped tmpfs: writing without end gets ENOSPC; the host's /tmp is untouched."""

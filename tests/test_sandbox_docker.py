@@ -214,6 +214,7 @@ def test_unreachable_daemon_is_infra_error_in_the_env(make_env, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # `sandbox clean --all` removes every nanoenv container, a parallel test's too
 def test_sweeps_containers_of_dead_processes(docker_client, docker_image):
     """A container left by a process of this host that died is removed when a sandbox starts
     work; one owned by a live process stays until `nanoenv sandbox clean --all`."""

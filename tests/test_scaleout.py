@@ -238,11 +238,32 @@ def test_cpu_pool_gives_each_job_its_cores(tmp_path):
         pool.acquire(1, cancel=cancel)
 
 
+def test_a_job_that_needs_every_core_is_not_starved_by_smaller_ones(tmp_path):
+    """While a 2-core job waits, a 1-core job that comes later waits behind it, even for a free
+    core: otherwise one-core jobs taking each core as it frees up would hold the big one off
+    for ever (as two test workers' smoke runs did to a GPT-2 smoke run, which takes two)."""
+    pool = CpuPool(slots=2, lock_dir=tmp_path)
+    _, held = pool.acquire(1)
+    got: list[list[int]] = []
+    big = threading.Thread(target=lambda: got.append(pool.acquire(2, timeout_s=30)[1]))
+    big.start()
+    time.sleep(0.5)  # the big job is waiting, and one core is free
+    with pytest.raises(SandboxError, match="no 1 free CPUs"):
+        pool.acquire(1, timeout_s=0.5)
+    pool.release(held)
+    big.join(timeout=30)
+    assert len(got) == 1 and len(got[0]) == 2
+    pool.release(got[0])
+    with pool.allocate(1) as ids:  # the queue is free again
+        assert len(ids) == 1
+
+
 @pytest.mark.slow
+@pytest.mark.alone  # it compares two runs' wall times
 def test_timed_runs_in_two_envs_never_share_the_cores(make_env, monkeypatch):
     """Two envs step at once: the second run waits for the first's cores, so neither's time
     measures its neighbour; the wait is in the telemetry and not in the run's time."""
-    monkeypatch.setenv("NANOENV_CPU_SLOTS", "2")  # the tiny track's runs take 2 cores each
+    monkeypatch.setenv("NANOENV_CPU_SLOTS", "1")  # a smoke run takes 1 core: one slot for two
     envs = [make_env(verify="none") for _ in range(2)]
     for env in envs:
         env.reset(seed=0)

@@ -362,7 +362,7 @@ def test_a_client_leaving_mid_step_leaves_no_container(
     serve, docker_client, docker_image, no_leftovers
 ):
     """The same in the Docker sandbox: the step's container is removed once the client leaves."""
-    from nanoenv.sandbox.docker import LABEL
+    from conftest import own_containers
 
     served = serve(
         env_factory=lambda runs: SpeedrunEnvironment(
@@ -371,7 +371,7 @@ def test_a_client_leaving_mid_step_leaves_no_container(
     )
 
     def containers() -> list:
-        return docker_client.containers.list(all=True, filters={"label": LABEL})
+        return own_containers(docker_client)
 
     async def scenario():
         client = SpeedrunClient(served.url)

@@ -42,8 +42,9 @@ class SlotPool:
                 os.chmod(self.lock_dir, 0o1777)
         self._mutex = threading.Lock()  # flock is per open file: keep threads of one process apart
 
-    def _try(self, slot: int) -> int | None:
-        path = self.lock_dir / f"{self.kind}-{slot}.lock"
+    def _try(self, name: str) -> int | None:
+        """The lock file ``name`` locked (its fd), or None if another holder has it."""
+        path = self.lock_dir / f"{self.kind}-{name}.lock"
         # Read-only is enough for flock, and works on a lock file another user created.
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
@@ -56,26 +57,42 @@ class SlotPool:
     def acquire(
         self, k: int, timeout_s: float | None = None, cancel: threading.Event | None = None
     ) -> tuple[list[int], list[int]]:
-        """Wait for k free slots; return (ids, lock fds). Release with :meth:`release`."""
+        """Wait for k free slots; return (ids, lock fds). Release with :meth:`release`.
+
+        Waiters queue: the one waiting holds the ``queue`` lock, so a job that needs every
+        slot is not starved by smaller jobs that keep taking each slot as it frees up."""
         noun = self.kind.upper() + "s"
         if k > len(self.ids):
             raise SandboxError(f"a job asks for {k} {noun}; this machine has {len(self.ids)}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._mutex:
-                got: list[tuple[int, int]] = []
-                for slot in self.ids:
-                    if (fd := self._try(slot)) is not None:
-                        got.append((slot, fd))
-                        if len(got) == k:
-                            return [s for s, _ in got], [f for _, f in got]
-                for _, fd in got:  # not enough free: give back what we took, try again later
-                    os.close(fd)
-            if cancel is not None and cancel.is_set():
-                raise SandboxError(f"cancelled while waiting for {k} free {noun}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise SandboxError(f"no {k} free {noun} within {timeout_s:.0f} s")
-            time.sleep(0.2)
+        queue: int | None = None
+        try:
+            while True:
+                with self._mutex:
+                    if queue is None:
+                        queue = self._try("queue")
+                    if queue is not None and (got := self._take(k)):
+                        return [s for s, _ in got], [f for _, f in got]
+                if cancel is not None and cancel.is_set():
+                    raise SandboxError(f"cancelled while waiting for {k} free {noun}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise SandboxError(f"no {k} free {noun} within {timeout_s:.0f} s")
+                time.sleep(0.1)
+        finally:
+            if queue is not None:
+                os.close(queue)
+
+    def _take(self, k: int) -> list[tuple[int, int]]:
+        """k free slots, locked, or none (what was taken is given back)."""
+        got: list[tuple[int, int]] = []
+        for slot in self.ids:
+            if (fd := self._try(str(slot))) is not None:
+                got.append((slot, fd))
+                if len(got) == k:
+                    return got
+        for _, fd in got:
+            os.close(fd)
+        return []
 
     @staticmethod
     def release(fds: list[int]) -> None:
