@@ -92,6 +92,21 @@ def test_training_after_the_last_val_line_is_timed(honest, sandbox, request, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the cheat needs a free core to take, and its reading is the machine's
+def test_cores_beyond_the_limit_are_caught(honest, tmp_path):
+    """A smoke run is given one core; the local sandbox cannot cap threads, so the script raises
+    torch's to two and trains on both. The harness reads the job's CPU time over its wall time
+    and rejects it."""
+    env, ok = honest
+    assert env.unwrapped.task.limits.cpus == 1
+    result = step(env, edit(at_main("torch.set_num_threads(2)")))
+    assert_caught(result, ok, "cores_used")
+    [cores] = [c for c in result.verdict.checks if c.name == "cores_used"]
+    assert cores.numbers["cores_given"] == 1 and cores.numbers["cores_used"] > 1.25
+    assert "core(s) the job was given" in result.message
+
+
+@pytest.mark.slow
 def test_a_fake_early_point_buys_nothing_at_budget(track_data, tmp_path):
     """loss_at_budget once read the script's own curve: a low point printed early, then a
     sleep past the budget. Now it is the verified loss of the saved model, and a run that ends

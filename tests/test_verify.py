@@ -10,7 +10,7 @@ import pytest
 
 from nanoenv import Outcome
 from nanoenv.judging.significance import significance
-from nanoenv.judging.timing import harness_clock, harness_time, timing_checks
+from nanoenv.judging.timing import cores_check, harness_clock, harness_time, timing_checks
 from nanoenv.judging.verify import EvalSet, build_inputs, log_softmax, model_checks, score
 from nanoenv.sandbox.fake import FakeSandbox
 from nanoenv.types import LossPoint, TimingSpec, VerifySpec
@@ -119,6 +119,17 @@ def test_timing_checks_fail(points, failed):
         harness_time(points, TimingSpec(max_untimed_s=60)), TimingSpec(max_untimed_s=60)
     )
     assert failed in [c.name for c in checks if not c.passed]
+
+
+def test_a_job_may_use_the_cores_it_was_given_and_no_more():
+    """CPU time over wall time against the job's cores, with room for the sandbox's processes;
+    nothing to read without a CPU time, a limit, or a second of run."""
+    assert cores_check(4.1, 4.2, 1).passed  # an honest one-core smoke run
+    assert cores_check(14.4, 8.3, 2).passed  # two processes on two cores
+    failed = cores_check(7.0, 4.0, 1)  # a second core taken
+    assert not failed.passed and failed.numbers == {"cores_used": 1.75, "cores_given": 1}
+    assert None is cores_check(None, 4.0, 1) is cores_check(7.0, 4.0, None)
+    assert cores_check(7.0, 0.5, 1) is None
 
 
 def test_significance_is_a_one_sided_t_test():

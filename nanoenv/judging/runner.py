@@ -40,7 +40,7 @@ from nanoenv.judging.rules import (
 )
 from nanoenv.judging.steps import tokens_to_target
 from nanoenv.judging.telemetry import END_LINE, LogParser
-from nanoenv.judging.timing import harness_time, timing_checks
+from nanoenv.judging.timing import cores_check, harness_time, timing_checks
 from nanoenv.sandbox.base import Sandbox, capabilities
 from nanoenv.sandbox.gpus import GpuPool
 from nanoenv.sandbox.slots import CpuPool
@@ -261,11 +261,14 @@ class Runner:
                 update={"outcome": outcome, "message": message, "verdict": verdict}
             )
         level = self.settings.level
-        if level is VerifyLevel.LOG:
+        if level is not VerifyLevel.NONE:
             checks += timing_checks(clock, self.task.timing)
+            cpu_s = job_result.telemetry.get("cpu_time_s")
+            if cores := cores_check(cpu_s, job_result.wall_time_s, self.task.limits.cpus):
+                checks.append(cores)
+        if level is VerifyLevel.LOG:
             verdict = Verdict(level=level, checks=checks, reason=LOG_LEVEL_REASON)
         elif level is VerifyLevel.FULL:
-            checks += timing_checks(clock, self.task.timing)
             try:
                 result, verdict = self._verify(result, script, record, checks, cancel)
             except _InfraError as e:

@@ -77,6 +77,27 @@ def timing_checks(t: HarnessTime, spec: TimingSpec) -> list[Check]:
     return checks
 
 
+# Room over the cores a job was given: the sandbox's own processes and the sampling of CPU time
+# (honest one-core runs measure 0.97-0.98 cores, a two-process GPT-2 smoke run 1.74 of 2).
+CORES_SLACK = 1.25
+
+
+def cores_check(
+    cpu_time_s: float | None, wall_time_s: float | None, cpus: float | None
+) -> Check | None:
+    """The job used no more cores than it was given (its CPU time over its wall time). The
+    local sandbox cannot cap a job's threads, and a script may raise its own: a run timed on
+    cores it did not reserve buys time, and slows whatever runs beside it. None where there is
+    nothing to compare (no CPU time measured, no limit, a run too short to read)."""
+    if cpu_time_s is None or not wall_time_s or wall_time_s < 1.0 or not cpus:
+        return None
+    used = cpu_time_s / wall_time_s
+    return Check(name="cores_used", passed=used <= CORES_SLACK * cpus,
+                 detail=f"at most the {cpus:g} core(s) the job was given (CPU time / wall time): "
+                 "do not raise torch's threads or start helper processes past them",
+                 numbers={"cores_used": round(used, 2), "cores_given": cpus})  # fmt: skip
+
+
 def harness_clock(points: list[LossPoint], allowance_s: float) -> list[tuple[float, LossPoint]]:
     """Each point the harness received at its time on the reward's clock: seconds since the job
     started, less the warm-up the allowance leaves free. At the last val line this is the time
