@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from nanoenv.judging.timing import CORES_SLACK
 from nanoenv.settings import RunSettings
 from nanoenv.types import Outcome, RunResult, TaskSpec, VerifyLevel
 
@@ -80,10 +81,21 @@ script (0 = the baseline). Each step runs the script once, for at most {settings
 {rules_text(task)}
 
 How runs are measured: time by the harness's own clock, from the process's start until every
-process of the run has exited (evaluations, work after the last val line and saving included).
+process of the run has exited (evaluations, work after the last val line and saving included).{_cores(task, settings)}
 {verify}
 Sandbox: {containment or sandbox}.
 """
+
+
+def _cores(task: TaskSpec, settings: RunSettings) -> str:
+    """What the brief says of the run's cores (timing.cores_check holds a verified run to them)."""
+    if not task.limits.cpus or settings.level is VerifyLevel.NONE:
+        return ""
+    return (
+        f" A run has {task.limits.cpus:g} CPU core(s) (OMP_NUM_THREADS says how many threads): one"
+        f" whose CPU time is more than {CORES_SLACK:g} x that many cores for its wall time is"
+        " rejected."
+    )
 
 
 def rules_text(task: TaskSpec) -> str:

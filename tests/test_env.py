@@ -106,6 +106,7 @@ def test_reset_returns_brief_and_baseline(make_env):
     assert "Goal: reach val_loss <= 3.5300" in obs["feedback"]  # the smoke size's hidden target
     assert "hidden val windows" in obs["feedback"]
     assert "[data]" in obs["feedback"] and "[log]" in obs["feedback"]
+    assert "A run has 1 CPU core(s)" in obs["feedback"]  # a smoke run's, held by cores_used
     assert obs["outcome"] == "" and math.isinf(obs["val_loss"]) and obs["curve_points"] == 0
     assert env.observation_space.contains(obs)
     assert info["task"] == "Speedrun-Tiny-v0"
