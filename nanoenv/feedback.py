@@ -80,8 +80,9 @@ script (0 = the baseline). Each step runs the script once, for at most {settings
 
 {rules_text(task)}
 
-How runs are measured: time by the harness's own clock, from the process's start until every
-process of the run has exited (evaluations, work after the last val line and saving included).{_cores(task, settings)}
+How runs are measured: time by the harness's own clock, from the process's start to its
+`saved model to` line (without one, until every process of the run has exited): evaluations,
+work after the last val line and saving included.{_cores(task, settings)}
 {verify}
 Sandbox: {containment or sandbox}.
 """
