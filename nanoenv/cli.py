@@ -277,7 +277,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
                 else f"missing (nanoenv sandbox build{' --gpu' if gpu else ''})"
             )
             print(f"{'gpu' if gpu else 'cpu'} image {tag}: {state}")
-        running = client.containers.list(all=True, filters={"label": LABEL})
+        running = client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
         print(f"nanoenv containers: {len(running)}")
     return 0
 

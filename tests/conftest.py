@@ -64,7 +64,7 @@ def own_containers(client) -> list:
     me = owner_id()
     return [
         c
-        for c in client.containers.list(all=True, filters={"label": LABEL})
+        for c in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
         if (owner := c.labels.get(f"{LABEL}.owner", "")) == me or not owner_alive(owner)
     ]
 

@@ -102,7 +102,7 @@ def sweep(client: Any, *, everything: bool = False) -> list[str]:
     import docker.errors
 
     removed = []
-    for c in client.containers.list(all=True, filters={"label": LABEL}):
+    for c in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
         if everything or not owner_alive(c.labels.get(f"{LABEL}.owner", "")):
             try:
                 c.remove(force=True)
