@@ -50,6 +50,27 @@ def test_lines_stream_with_harness_stamps():
     assert [ln.text for ln in result.lines] == [ln.text for ln in sorted(lines, key=lambda x: x.t)]
 
 
+def test_a_slow_consumer_does_not_move_the_stamps():
+    """The stamps are the harness clock: a consumer that takes 0.1 s a line (a Ray queue's
+    remote put under load, a log on a slow disk, a user's progress callback) must not stamp the
+    lines behind it late, which timed a run longer than it ran (the Ray test failed on this
+    under load: an honest run's window 5 s against its 0.5 s of training). Every line still
+    reaches the consumer, in order, before run() returns."""
+    seen = []
+
+    def slow(line):
+        time.sleep(0.1)
+        seen.append(line)
+
+    job = Job(files={"main.py": "for i in range(20): print(f'line {i}', flush=True)\n"},
+              command=["{python}", "main.py"], limits=Limits(timeout_s=20))  # fmt: skip
+    result = LocalSandbox().run(job, on_line=slow)
+    assert [ln.text for ln in seen] == [f"line {i}" for i in range(20)]
+    assert seen == result.lines
+    # printed together, so stamped together: not 0.1 s apart as the consumer took them
+    assert seen[-1].t - seen[0].t < 0.5, [ln.t for ln in seen]
+
+
 def test_crash_keeps_output_and_exit_code():
     """A crash halfway keeps what was printed before it, and the traceback."""
     result, _ = run('print("step:1/2 val_loss:3.0", flush=True)\nraise SystemExit(3)\n')

@@ -343,7 +343,9 @@ def test_four_smoke_jobs_on_a_local_ray_cluster(ray_cluster, tiny_data, tmp_path
     assert [r.outcome for r in results].count(Outcome.INFRA_ERROR) == 0, [
         r.message for r in results
     ]
-    assert all(r.verdict.verified for r in results)
+    assert all(r.verdict.verified for r in results), [
+        (r.message, [c for c in r.verdict.checks if not c.passed]) for r in results
+    ]
     assert {step for step, _ in points} == {1, 2, 3, 4}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import socket
 import stat
@@ -135,11 +136,16 @@ def job_gpu_count(job: Job) -> int:
 class OutputPump:
     """Reads a child's pipe line by line, stamps each line with the harness clock, caps bytes.
 
-    One pump per stream, each in its own thread; ``on_line`` is called from those threads,
-    under a lock, so callers see one line at a time. A stdout line that begins with
-    ``end_line`` is the job's last: ``on_end`` is called to stop the job, and nothing after it
-    is kept.
+    One reader thread per stream stamps each line as it arrives; ``on_line`` is called from a
+    thread of its own, one line at a time and in order. The stamps are the harness's clock, so
+    a slow consumer (a Ray queue's remote put, a log on a slow disk, a user's progress
+    callback) must never hold the reader: the lines behind it would be stamped late, and the
+    run timed longer than it ran. A stdout line that begins with ``end_line`` is the job's last:
+    ``on_end`` is called to stop the job, and nothing after it is kept. ``join`` returns once
+    every line has been delivered.
     """
+
+    DELIVERY_WAIT_S = 60.0  # the longest join waits for a consumer that has fallen behind
 
     def __init__(
         self,
@@ -162,6 +168,11 @@ class OutputPump:
         self.ended = False  # the end line came, and the job was stopped there
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._deliveries: queue.SimpleQueue[StampedLine | None] = queue.SimpleQueue()
+        self._deliverer: threading.Thread | None = None
+        if on_line is not None:
+            self._deliverer = threading.Thread(target=self._deliver, daemon=True)
+            self._deliverer.start()
 
     def start(self, pipe: IO[bytes], stream: str) -> None:
         """Start reading ``pipe`` (``stdout`` or ``stderr``) in a daemon thread."""
@@ -192,20 +203,31 @@ class OutputPump:
                 text=raw.decode("utf-8", "replace").rstrip("\r\n"),
             )
             self.lines.append(line)
-            if self.on_line is not None:
-                try:
-                    self.on_line(line)
-                except Exception:  # a bad line must never stop the reader: the pipe would fill
-                    log.exception("the line callback failed on %r", line.text[:200])
+            if self._deliverer is not None:
+                self._deliveries.put(line)
             if self.end_line and stream == "stdout" and line.text.startswith(self.end_line):
                 self.ended = True
                 if self.on_end is not None:
                     self.on_end()
 
+    def _deliver(self) -> None:
+        while (line := self._deliveries.get()) is not None:
+            assert self.on_line is not None
+            try:
+                self.on_line(line)
+            except Exception:  # a bad line must never stop the delivery of the next ones
+                log.exception("the line callback failed on %r", line.text[:200])
+
     def join(self, timeout: float = 10.0) -> None:
-        """Wait for the readers to see end of file."""
+        """Wait for the readers to see end of file, then for every line to be delivered."""
         for t in self._threads:
             t.join(timeout)
+        if self._deliverer is not None:
+            self._deliveries.put(None)
+            self._deliverer.join(self.DELIVERY_WAIT_S)
+            if self._deliverer.is_alive():
+                log.warning("the line callback is %d s behind; not waiting for it",
+                            self.DELIVERY_WAIT_S)  # fmt: skip
 
 
 class LineSplitter:

@@ -353,6 +353,7 @@ class DockerSandbox:
             exit_s = time.monotonic() - t0  # the exec ended and nothing it started is left
             notes += self._copy_out(api, container, job)
         telemetry = _usage(api, container)
+        pump.join()  # every line delivered before the result is
         container.reload()
         state = container.attrs.get("State", {})
         oom = bool(state.get("OOMKilled")) or (
