@@ -107,6 +107,25 @@ def test_cores_beyond_the_limit_are_caught(honest, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # as above
+def test_cores_of_a_helper_process_the_harness_did_not_mark_are_counted(honest, tmp_path):
+    """The same extra core, taken by a helper the harness's accounting once missed: started
+    with ``env -i`` (no job marker, so not found at the end line) and never waited for (so not
+    in the wrapper's rusage at the exit). The helper only computes here; one that trained would
+    buy what the threads above bought. The sandbox samples every process below the job's
+    first one, and the run is rejected."""
+    env, ok = honest
+    helper = "import torch\nx = torch.randn(256, 256)\nwhile True: x = torch.tanh(x @ x)\n"
+    result = step(env, edit(at_main(f"""
+        import subprocess, sys
+        subprocess.Popen(["env", "-i", "OMP_NUM_THREADS=1", sys.executable, "-c", {helper!r}])
+    """)))  # fmt: skip
+    assert_caught(result, ok, "cores_used")
+    [cores] = [c for c in result.verdict.checks if c.name == "cores_used"]
+    assert cores.numbers["cores_used"] > 1.25
+
+
+@pytest.mark.slow
 def test_a_fake_early_point_buys_nothing_at_budget(track_data, tmp_path):
     """loss_at_budget once read the script's own curve: a low point printed early, then a
     sleep past the budget. Now it is the verified loss of the saved model, and a run that ends

@@ -402,6 +402,36 @@ def test_the_end_line_ends_the_job_at_once(tmp_path):
     assert not _leftovers("import time; time.sleep(60)")
 
 
+HELPER_LEFT_RUNNING = """
+import os, subprocess, sys, time
+# CPU seconds, not wall seconds: the reading must not depend on what else runs on the machine
+burn = "import time\\nwhile time.process_time() < 1.5: pass\\nopen('burnt', 'w').close()\\ntime.sleep(60)\\n"
+how = {how!r}
+prefix = {{"marked": [], "env -i": ["env", "-i"], "setsid": ["env", "-i", "setsid"]}}[how]
+subprocess.Popen([*prefix, sys.executable, "-c", burn])  # never waited for
+while time.process_time() < 1.5: pass
+while not os.path.exists("burnt"): time.sleep(0.05)
+print("saved model to out", flush=True)
+time.sleep(0.3)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end_line", ["saved model to ", None], ids=["end-line", "exit"])
+@pytest.mark.parametrize("how", ["marked", "env -i", "setsid"])
+def test_cpu_time_counts_every_process_the_job_ran(how, end_line):
+    """A helper the job left running (dropping the job marker, or in a session of its own)
+    dies with the job uncounted by the wrapper's rusage, and one without the marker was not
+    found at the end line: its core went unseen by timing.cores_check. Both the main process
+    and the helper burn 1.5 CPU seconds here; the job's CPU time counts both, at the end line
+    and at the exit."""
+    job = Job(files={"main.py": HELPER_LEFT_RUNNING.format(how=how)}, command=["{python}", "main.py"],
+              limits=Limits(timeout_s=30), end_line=end_line)  # fmt: skip
+    result = LocalSandbox().run(job)
+    assert result.ok, result
+    assert result.telemetry["cpu_time_s"] > 2.6, result.telemetry
+
+
 def test_without_an_end_line_a_job_runs_to_its_exit():
     """The same line means nothing to a job that sets no end_line (the verifier's, a record
     run as it is): it runs on to its exit."""

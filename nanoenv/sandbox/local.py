@@ -44,6 +44,7 @@ from nanoenv.sandbox.base import (
     sweep_workspaces,
 )
 from nanoenv.sandbox.isolation import bwrap, containment, isolate, job_usage
+from nanoenv.sandbox.usage import JobMeter
 from nanoenv.types import Job, JobResult, Limits
 
 log = logging.getLogger(__name__)
@@ -145,27 +146,6 @@ def sweep_orphans() -> int:
     return killed
 
 
-def _usage_of(pids: list[int]) -> tuple[float, float]:
-    """CPU seconds (each process's own and its reaped children's) and the largest peak RSS
-    (KiB) of live processes, from /proc: read before a job is ended at its end line, which
-    kills the wrapper that would have recorded them."""
-    tick = os.sysconf("SC_CLK_TCK")
-    cpu, rss = 0.0, 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-            # after "pid (comm) ": state is field 3; utime, stime, cutime, cstime are 14-17
-            fields = stat[stat.rindex(")") + 2 :].split()
-            cpu += sum(int(x) for x in fields[11:15]) / tick
-            with open(f"/proc/{pid}/status") as f:
-                hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
-            rss = max([rss, *map(float, hwm)])
-        except (OSError, ValueError, IndexError):
-            continue  # gone already
-    return cpu, rss
-
-
 def _kill_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -225,6 +205,7 @@ class LocalSandbox:
         workspace = new_workspace(LOCAL_WORKSPACE)
         notes: list[str] = []
         proc: subprocess.Popen[bytes] | None = None
+        meter: JobMeter | None = None
         t0 = time.monotonic()
         try:
             for name, text in job.files.items():
@@ -254,10 +235,10 @@ class LocalSandbox:
                 preexec_fn=_limit_setter(job.limits, nproc),
             )
             pgid = proc.pid
-            at_end: list[tuple[float, float]] = []
+            meter = JobMeter(proc.pid, f"{MARKER}={job_id}").start()
 
             def end() -> None:  # the end line: what the job used so far, then stop it all
-                at_end.append(_usage_of([p for p, m in _marked_processes() if m[MARKER] == job_id]))
+                meter.sample()
                 _kill_group(pgid, signal.SIGKILL)
 
             pump = OutputPump(
@@ -268,6 +249,7 @@ class LocalSandbox:
             pump.start(proc.stdout, "stdout")
             pump.start(proc.stderr, "stderr")
             exit_code, timed_out, rusage = _wait(proc, t0 + job.limits.timeout_s, cancel)
+            meter.stop()
             # Whatever the script left behind (children, daemons) dies with it.
             _kill_group(pgid, signal.SIGKILL)
             if (n := _kill_marked(job_id)) > 0:
@@ -282,8 +264,9 @@ class LocalSandbox:
                 )
             wall = time.monotonic() - t0
             cpu_s, rss_kb = job_usage(workspace, rusage)
-            if at_end:
-                cpu_s, rss_kb = max(cpu_s, at_end[0][0]), max(rss_kb, at_end[0][1])
+            # each a lower bound: the rusage misses what was never waited for, the samples
+            # the last moments of each process
+            cpu_s, rss_kb = max(cpu_s, meter.cpu_s), max(rss_kb, meter.peak_rss_kb)
             if cmd[0] == bwrap() and exit_code > 128:  # bwrap says 128 + n for a signal n
                 exit_code = -(exit_code - 128)
             telemetry = {
@@ -309,6 +292,8 @@ class LocalSandbox:
                 notes=notes,
             )
         finally:
+            if meter is not None:
+                meter.stop()
             if proc is not None and proc.poll() is None:
                 _kill_group(proc.pid, signal.SIGKILL)
                 proc.wait()
