@@ -182,10 +182,11 @@ def test_the_record_reward_and_start(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.alone  # it compares wall times: nothing may run beside it
 def test_a_real_claim_against_a_slower_record_is_admitted(tiny_data, tmp_path):
     """Verified, in the local sandbox: the baseline claimed against a record that sleeps 4 s more
-    (entered in the book by hand) wins on time at p < 0.01 and meets the target at p < 0.01."""
+    (entered in the book by hand) wins on time at p < 0.01 and meets the target at p < 0.01.
+    Not `alone`: each run holds its own core (the CPU slots), so a neighbour in the parallel
+    suite moves both sides' times by well under the 4 s (a smoke run takes about 3 s)."""
     runs = tmp_path / "runs"
     base = _baseline()
     env = SpeedrunEnv("Speedrun-Tiny-v0", smoke=True, runs_dir=runs, paired_baseline=False)
