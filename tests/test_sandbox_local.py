@@ -68,7 +68,7 @@ def test_a_slow_consumer_does_not_move_the_stamps():
     assert [ln.text for ln in seen] == [f"line {i}" for i in range(20)]
     assert seen == result.lines
     # printed together, so stamped together: not 0.1 s apart as the consumer took them
-    assert seen[-1].t - seen[0].t < 0.5, [ln.t for ln in seen]
+    assert seen[-1].t - seen[0].t < 1.0, [ln.t for ln in seen]  # the old pump: 1.9 s
 
 
 def test_crash_keeps_output_and_exit_code():

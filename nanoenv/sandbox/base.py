@@ -60,7 +60,8 @@ class Sandbox(Protocol):
     def run(
         self, job: Job, on_line: LineCallback | None = None, cancel: threading.Event | None = None
     ) -> JobResult:
-        """Run ``job`` to completion (or its deadline, or until ``cancel`` is set)."""
+        """Run ``job`` to completion (or its deadline, or until ``cancel`` is set). ``on_line``
+        gets every line, in order, before this returns; a slow one must not delay the stamps."""
         ...
 
     def close(self) -> None:
