@@ -46,6 +46,11 @@ def descendants(pid: int) -> list[int]:
         except (OSError, IndexError, ValueError):
             continue  # gone while we read
         children.setdefault(parent, []).append(int(stat.parent.name))
+    return below(pid, children)
+
+
+def below(pid: int, children: dict[int, list[int]]) -> list[int]:
+    """Every process below ``pid`` in a process table given as each parent's children."""
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -19,6 +19,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from nanoenv.liveness import below
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -55,15 +57,6 @@ def _peak_rss_kb(pid: int) -> float:
             return max((float(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")), default=0.0)
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def _below(pid: int, children: dict[int, list[int]]) -> set[int]:
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def _parents_first(
@@ -121,7 +114,7 @@ class JobMeter:
             children.setdefault(s.ppid, []).append(pid)
         marker = self.marker.encode()
         with self._lock:
-            job = _below(self.root, children) | {self.root}
+            job = {self.root, *below(self.root, children)}
             job |= {p for p, s in stats.items() if p not in job and self._carries(p, s, marker)}
             for pid in job & stats.keys():
                 key = (pid, stats[pid].start)
