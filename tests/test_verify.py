@@ -67,6 +67,26 @@ def test_score_an_honest_model():
     assert numbers["public_loss"] == pytest.approx(expected)
 
 
+def test_score_in_float32_is_the_float64_log_softmax_and_reads_a_mapped_file(tmp_path):
+    """The scoring keeps the logits' float32 (summing in float64): on a tiny-track-sized
+    vocabulary its losses are the float64 log-softmax's to 1e-6, and it reads the worker's
+    file mapped, as the verifier hands it over, with the same numbers as from memory."""
+    rng = np.random.default_rng(5)
+    vocab, T = 1024, 16
+    toks = rng.integers(0, vocab, size=(2, 8, T + 1))
+    es = EvalSet(toks[0, :, :-1], toks[0, :, 1:], toks[1, :, :-1], toks[1, :, 1:], vocab)
+    x, layout = build_inputs(es, VerifySpec(causal_pairs=3, duplicates=3), rng)
+    logits = (rng.normal(size=(*x.shape, vocab)) * 8).astype(np.float32)
+    numbers = score(logits, layout, es)
+    first = layout.first()
+    for kind, (_, ys) in (("public", es.windows("public")), ("hidden", es.windows("hidden"))):
+        lp = [log_softmax(logits[first[(kind, i)]])[np.arange(T), y] for i, y in enumerate(ys)]
+        assert numbers[f"{kind}_loss"] == pytest.approx(-np.mean(lp), abs=1e-6)
+    np.save(tmp_path / "logits.npy", logits)
+    mapped = np.load(tmp_path / "logits.npy", mmap_mode="r", allow_pickle=False)
+    assert score(mapped, layout, es) == numbers
+
+
 def test_score_catches_peeking_and_memory():
     """Logits that see the whole window break causality; logits that drift with calls break
     determinism."""
@@ -127,7 +147,8 @@ def test_a_job_may_use_the_cores_it_was_given_and_no_more():
     assert cores_check(4.1, 4.2, 1).passed  # an honest one-core smoke run
     assert cores_check(14.4, 8.3, 2).passed  # two processes on two cores
     failed = cores_check(7.0, 4.0, 1)  # a second core taken
-    assert not failed.passed and failed.numbers == {"cores_used": 1.75, "cores_given": 1}
+    assert not failed.passed
+    assert failed.numbers == {"cores_used": 1.75, "cores_given": 1, "max_cores": 1.25}
     assert None is cores_check(None, 4.0, 1) is cores_check(7.0, 4.0, None)
     assert cores_check(7.0, 0.5, 1) is None
 

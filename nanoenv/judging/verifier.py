@@ -108,7 +108,9 @@ class Worker:
             if result.oom:
                 return Reevaluation({}, error="the verifier ran out of memory loading the model")
             try:
-                array = np.load(out / out_name, allow_pickle=False)
+                # Mapped, not read: the harness reads each window once (the tiny track's
+                # logits are 0.3 GB), and the mapping outlives the folder's removal.
+                array = np.load(out / out_name, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
                 return Reevaluation({}, error=f"the verifier produced no readable {out_name}: {e}")
         numbers = {"parameters": float(report.get("parameters", 0)),

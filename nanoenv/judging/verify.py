@@ -171,30 +171,35 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def log_sum_exp(window: np.ndarray) -> np.ndarray:
+    """The log-normaliser at each position of one window's logits ([T, vocab] -> [T]).
+
+    The exponentials stay in the logits' float32 and are summed in float64: about 1e-7 from
+    :func:`log_softmax`, and a tiny-track step's scoring takes 0.11 s instead of 0.18 s. One
+    window at a time, so equal windows get bit-equal results, which the causality and
+    determinism gaps compare."""
+    z = np.asarray(window)
+    top = z.max(axis=-1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=-1, dtype=np.float64))
+
+
 def score(logits: np.ndarray, layout: Layout, es: EvalSet) -> dict[str, float]:
     """Losses (with standard errors over windows) and the causality and determinism gaps, from
-    raw logits at every position, in harness code."""
+    raw logits at every position, in harness code. Each window's log-normaliser is computed
+    once; the full log-probs only for the windows a twin or a duplicate is compared with."""
     first = layout.first()
-    # Kept only for the windows a twin or a duplicate is compared with: every row's float64
-    # log-softmax at once would be eight times the logits (about 0.6 GB on the tiny track).
-    compared = {first[(k.removeprefix("twin-"), i)] if k.startswith("twin-") else first[("public", i)]
-                for k, i, _ in layout.rows if k not in KINDS}  # fmt: skip
-    logp_of: dict[int, np.ndarray] = {}
+    lse = [log_sum_exp(logits[r]) for r in range(len(layout.rows))]
 
     def logp(r: int) -> np.ndarray:
-        if r in logp_of:
-            return logp_of[r]
-        out = log_softmax(logits[r])
-        if r in compared:
-            logp_of[r] = out
-        return out
+        return np.asarray(logits[r], dtype=np.float64) - lse[r][:, None]
 
     per_window: dict[str, list[np.ndarray]] = {k: [] for k in es.kinds()}
     causal, repeat = 0.0, 0.0
     for r, (kind, i, cut) in enumerate(layout.rows):
         if kind in KINDS:
             y = es.windows(kind)[1][i]
-            per_window[kind].append(-logp(r)[np.arange(len(y)), y])
+            picked = np.asarray(logits[r])[np.arange(len(y)), y].astype(np.float64)
+            per_window[kind].append(lse[r] - picked)
         elif kind.startswith("twin-"):
             orig = first[(kind.removeprefix("twin-"), i)]
             causal = max(causal, float(np.abs(logp(r)[: cut + 1] - logp(orig)[: cut + 1]).max()))
