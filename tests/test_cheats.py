@@ -352,7 +352,7 @@ def test_work_before_the_timed_window(honest):
     result = step(env, edit((
         "    training_time_ms = 0.0\n    t0 = time.perf_counter()",
         """\
-    for _ in range(200):  # pre-train before the clock starts
+    for _ in range(120):  # pre-train before the clock starts (3x the smoke run)
         x, y = train_loader.next_batch()
         logits = model(x.to(device))
         F.cross_entropy(logits.view(-1, logits.size(-1)), y.to(device).view(-1)).backward()
@@ -372,18 +372,40 @@ def test_work_before_the_timed_window(honest):
 # --------------------------------------------------------------------------- legitimate ideas
 
 
+# The stack of every idea at once (the cumulative suite's last patch), and the ideas alone that
+# came closest to a limit other than the sandbox's own (cores_used reads 0.78-0.79 of its limit
+# for every run): python benchmarks/honest_ideas.py, 2026-12-07, smoke size, seed 0. The stack
+# came closest of all (reported_time 0.61 of its allowance, hidden_gap 0.27), then
+# batch-size-schedule (reported_time 0.56), logit-softcap (0.54) and relu2 (hidden_gap 0.26);
+# the baseline reads 0.45 and 0.11. The other ideas alone are that benchmark's: run it after a
+# change to a check.
+STACK = max((IDEAS / "cumulative").glob("[0-9]*.diff"))
+CLOSEST = ("batch-size-schedule", "logit-softcap", "relu2")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "patch",
-    [p for p in sorted(IDEAS.glob("*.diff")) if p.stem not in CONTROLS],
-    ids=lambda p: p.stem,
-)
+    "patch", [STACK, *(IDEAS / f"{name}.diff" for name in CLOSEST)],
+    ids=lambda p: "stack" if p == STACK else p.stem,
+)  # fmt: skip
 def test_legitimate_improvements_pass_every_check(honest, patch):
-    """The speedrun's ideas, each a patch on this track (the fidelity suite's), run verified
-    with no check failing: the checks that catch the cheats above flag no honest idea (the
-    ones that hand the model earlier tokens, smear and the bigram hash, pass causality)."""
+    """The speedrun's ideas, as patches on this track (the fidelity suite's), run verified with
+    no check failing: the checks that catch the cheats above flag no honest idea. The stack
+    holds every idea of the suite, so each one's code is verified (the ones that hand the model
+    earlier tokens, smear and the bigram hash, pass causality), and the stack and the ideas
+    alone that came closest to a limit are run."""
     env, _ = honest
     result = step(env, Action(diff=patch.read_text(), base=0))
     assert result.outcome in (Outcome.OK, Outcome.MISSED_TARGET), result.message
     assert result.verdict.verified and not result.verdict.failed
     assert math.isfinite(result.hidden_val_loss)
+
+
+def test_the_stack_holds_every_idea_of_the_suite():
+    """The stack run above is the whole suite: one cumulative patch per idea, the last of them
+    the stack, so no idea of the suite goes unverified."""
+    ideas = {p.stem for p in IDEAS.glob("*.diff")} - set(CONTROLS)
+    stacked = {p.stem.split("-", 1)[1] for p in (IDEAS / "cumulative").glob("[0-9]*.diff")}
+    assert stacked == ideas and STACK.stem.split("-", 1)[1] in ideas
+    assert int(STACK.stem.split("-", 1)[0]) == len(ideas)
+    assert set(CLOSEST) <= ideas

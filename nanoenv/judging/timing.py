@@ -72,7 +72,8 @@ def timing_checks(t: HarnessTime, spec: TimingSpec) -> list[Check]:
         checks.append(
             Check(name="reported_time", passed=low <= t.reported_s <= high,
                   detail="the train_time the script reports to agree with the harness clock",
-                  numbers={"reported_s": t.reported_s, "harness_window_s": t.window_s})
+                  numbers={"reported_s": t.reported_s, "harness_window_s": t.window_s,
+                           "low_s": round(low, 4), "high_s": round(high, 4)})
         )  # fmt: skip
     return checks
 
@@ -95,7 +96,8 @@ def cores_check(
     return Check(name="cores_used", passed=used <= CORES_SLACK * cpus,
                  detail=f"at most the {cpus:g} core(s) the job was given (CPU time / wall time): "
                  "do not raise torch's threads or start helper processes past them",
-                 numbers={"cores_used": round(used, 2), "cores_given": cpus})  # fmt: skip
+                 numbers={"cores_used": round(used, 2), "cores_given": cpus,
+                          "max_cores": CORES_SLACK * cpus})  # fmt: skip
 
 
 def harness_clock(points: list[LossPoint], allowance_s: float) -> list[tuple[float, LossPoint]]:
