@@ -60,7 +60,7 @@ def _train_after_the_last_val_line() -> Action:
     import copy
     trained = copy.deepcopy(model.state_dict())
     lo, hi = 0.0, 1.0
-    for _ in range(30):  # bisect the blend of initial and trained weights to score FAKE
+    for _ in range(16):  # bisect the blend of initial and trained weights to score FAKE
         mid = (lo + hi) / 2
         model.load_state_dict({k: init[k] + mid * (trained[k] - init[k]) for k in init})
         lo, hi = (lo, mid) if evaluate(model, val_tokens, EVAL_BATCH_SIZE, device) < FAKE else (mid, hi)
@@ -202,12 +202,11 @@ def _lookup_model(windows: str, boost: float) -> Action:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sandbox", "windows", "boost"),
-    [
-        ("local", "VAL_TOKENS", 0.25),
-        ("local", "len(_val) - 1", 0.12),
-        pytest.param("docker", "VAL_TOKENS", 0.25, marks=pytest.mark.docker),
-    ],
-    ids=["reported-region", "all-public-val", "reported-region-docker"],
+    # Local only: what stops the memory is the harness's scoring on hidden val, the same for
+    # every sandbox; that Docker never shows the script hidden val is test_cheats.py's
+    # test_searching_for_the_hidden_tokens[docker].
+    [("local", "VAL_TOKENS", 0.25), ("local", "len(_val) - 1", 0.12)],
+    ids=["reported-region", "all-public-val"],
 )
 def test_memorising_val_tokens_earns_nothing(
     honest, honest_runs, sandbox, windows, boost, request, tmp_path
@@ -399,8 +398,9 @@ def test_an_escaped_daemon_dies_with_its_run(honest, tmp_path):
         import subprocess, sys
         subprocess.Popen(["setsid", "env", "-i", sys.executable, "-c", "{woke}", "{tag}"], start_new_session=True)
     """)))  # fmt: skip
+    started_by = time.monotonic()  # the daemon started before its run ended
     after = step(env, Action(diff="", base=0))  # the baseline again, in a fresh run
-    time.sleep(5)  # past the daemon's wake-up, however long the runs took
+    time.sleep(max(0.0, started_by + 5 - time.monotonic()))  # past the daemon's wake-up
     left = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, tag)]
     assert left == [], f"processes survived their run: {left}"
     assert not proof.exists(), "the daemon woke up after its run and wrote on the host"

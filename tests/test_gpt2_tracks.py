@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def test_tracks_are_the_speedruns(env_id):
 
 @pytest.mark.slow
 def test_smoke_run_from_the_cli_local(gpt2_data, tmp_path, capsys):
-    """`nanoenv run --env ... --smoke`: 2 processes under torchrun (gloo), val lines, verified."""
+    """`nanoenv run --env ... --smoke`: 2 processes under torchrun (gloo), val lines, verified.
+    GPT-2's vocabulary is audited: the log-prob of every next token, then raw logits at
+    positions drawn afterwards; the honest run passes the audit (the tampered one is below)."""
     code = cli_main(
         ["run", "--env", "Speedrun-GPT2-1xH100-v0", "--smoke", "--runs-dir", str(tmp_path)]
     )
@@ -50,6 +53,9 @@ def test_smoke_run_from_the_cli_local(gpt2_data, tmp_path, capsys):
     assert out.count("val_loss:") == 3 and "VERIFIED" in out
     log = next(tmp_path.glob("*/step-0001/log.txt")).read_text()
     assert "2 process(es) on cpu" in log
+    result = json.loads(next(tmp_path.glob("*/step-0001/result.json")).read_text())
+    [audit] = [c for c in result["verdict"]["checks"] if c["name"] == "audit"]
+    assert result["verdict"]["verified"] and audit["passed"] and audit["numbers"]["positions"] >= 64
 
 
 @pytest.mark.slow
@@ -141,18 +147,12 @@ def test_bring_your_own_baseline(gpt2_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_audited_verification_scores_every_position_and_catches_a_tampered_log_softmax(
-    gpt2_data, tmp_path
-):
-    """GPT-2's vocabulary is audited: the log-prob of every next token, then raw logits at
-    positions drawn afterwards. A script that, imported by the verifier, overrides torch's own
-    log-softmax kernel (torch.library, below the Python names the worker captured) to claim a
-    loss 0.5 nats better is caught by the audit; an honest run passes it."""
+def test_a_tampered_log_softmax_is_caught_by_the_audit(gpt2_data, tmp_path):
+    """A script that, imported by the verifier, overrides torch's own log-softmax kernel
+    (torch.library, below the Python names the worker captured) to claim a loss 0.5 nats
+    better is caught by the audit (an honest run passes it: the CLI smoke run above)."""
     env = gym.make(GPU_IDS[0], smoke=True, runs_dir=tmp_path, disable_env_checker=True)
     env.reset(seed=0)
-    honest = env.step("")[4]["result"]
-    audit = next(c for c in honest.verdict.checks if c.name == "audit")
-    assert honest.verdict.verified and audit.passed and audit.numbers["positions"] >= 64
     tamper = textwrap.dedent("""
         if os.environ.get("NANOENV_INPUT_DIR"):  # only inside the verifier
             _lib = torch.library.Library("aten", "IMPL")
@@ -307,8 +307,16 @@ RECORD_ERAS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("era", list(RECORD_ERAS))
-@pytest.mark.parametrize("sandbox", ["local", pytest.param("docker", marks=pytest.mark.docker)])
+@pytest.mark.parametrize(
+    ("sandbox", "era"),
+    # Each era in one sandbox, each sandbox with one era: the folder's mechanics (its files
+    # beside the script, its data paths) are the sandbox's, the loader and logging the era's.
+    # The later record (its own logs/ folder, torch.from_file) in Docker, the GPU path.
+    [
+        ("local", "muon-2024-10"),
+        pytest.param("docker", "softcap-2025-01", marks=pytest.mark.docker),
+    ],
+)
 def test_a_record_folder_runs_as_the_baseline_as_it_is(gpt2_data, tmp_path, sandbox, era, request):
     """A record's data loader and logging (tests/fixtures/records/<era>, its CUDA parts replaced
     by the stand-in in stand_in.py) as `baseline=FOLDER`: it globs
