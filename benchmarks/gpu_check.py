@@ -130,7 +130,8 @@ def check_task(args: argparse.Namespace, on_gpu: bool):
         gpus=1 if on_gpu else 0,
         env=env,
         verify=verify,
-        limits={} if on_gpu else {"cpus": 2, "memory_mb": 8192, "shm_mb": 1024},
+        # one process of one thread on the CPU: one core, so a neighbour keeps the other
+        limits={} if on_gpu else {"cpus": 1, "memory_mb": 8192, "shm_mb": 1024},
     )
     return task, load_task(task, smoke=smoke), overrides, tokens_per_step
 
