@@ -55,6 +55,18 @@ def pytest_runtest_protocol(item, nextitem):
         yield
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules that train most go first, so the many quick tests fill the end of a parallel
+    run (xdist hands out whole modules in this order: `--no-loadscope-reorder`) instead of one
+    worker finishing a long module alone while the other idles. A module's weight is its `slow`
+    tests' cost in smoke steps: one each, or N for `@pytest.mark.slow(steps=N)`."""
+    weight: dict[str, float] = {}
+    for item in items:
+        module, mark = item.nodeid.split("::")[0], item.get_closest_marker("slow")
+        weight[module] = weight.get(module, 0) + (mark.kwargs.get("steps", 1) if mark else 0)
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable within a module
+
+
 def own_containers(client) -> list:
     """The nanoenv containers this test process owns, or whose owner is gone: what a test may
     have left behind. A parallel worker's live containers are not this test's."""

@@ -236,22 +236,19 @@ def test_memorising_val_tokens_earns_nothing(
 
 
 @pytest.mark.slow
-def test_memorising_the_region_buys_nothing_at_budget(track_data, tmp_path):
+def test_memorising_the_region_buys_nothing_at_budget(honest_runs, tmp_path):
     """Under loss_at_budget every nat of loss is reward: the memorised region once paid its
     whole drop. The reward's loss is the hidden one, so it pays what an honest run does."""
     import gymnasium as gym
 
-    def first_step(action, runs: str):  # each in a fresh env: the same seed, paired
-        env = gym.make(TRACK, smoke=True, reward="loss_at_budget", runs_dir=tmp_path / runs,
-                       disable_env_checker=True)  # fmt: skip
-        env.reset(seed=0)
-        try:
-            return env, step(env, action)
-        finally:
-            env.close()
-
-    _, honest = first_step("", "honest")
-    env, cheat = first_step(_lookup_model("VAL_TOKENS", 0.25), "cheat")
+    # The cheat is a fresh env's first step, so it has the seed of the honest no-op that was
+    # the shared env's first step: paired (the reward kind does not change a run's losses).
+    env = gym.make(TRACK, smoke=True, reward="loss_at_budget", runs_dir=tmp_path / "cheat",
+                   disable_env_checker=True)  # fmt: skip
+    env.reset(seed=0)
+    cheat = step(env, _lookup_model("VAL_TOKENS", 0.25))
+    env.close()
+    honest = honest_runs[1][0]
     assert cheat.seed == honest.seed
     assert cheat.verdict.verified, cheat.message
     region = next(c for c in cheat.verdict.checks if c.name == "reported_matches").numbers
@@ -260,7 +257,7 @@ def test_memorising_the_region_buys_nothing_at_budget(track_data, tmp_path):
     # ... but the reward's loss is the hidden one: the honest run's of the same seed (they
     # agreed to 4e-5). Within the budget that loss is the reward; past it, a penalty. (Losses, not
     # rewards, are compared: whether a smoke run ends inside the budget is timing noise.)
-    assert cheat.val_loss == cheat.hidden_val_loss > honest.val_loss - 0.005
+    assert cheat.val_loss == cheat.hidden_val_loss > honest.hidden_val_loss - 0.005
     ctx = env.unwrapped.settings.reward_context
     if cheat.train_time_s <= ctx.budget_s:
         assert cheat.reward == pytest.approx(ctx.baseline_val_loss - cheat.val_loss)

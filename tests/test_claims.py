@@ -181,7 +181,7 @@ def test_the_record_reward_and_start(tiny_data, tmp_path):
     plain.close()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(steps=10)  # nine smoke runs, four of them 4 s longer
 def test_a_real_claim_against_a_slower_record_is_admitted(tiny_data, tmp_path):
     """Verified, in the local sandbox: the baseline claimed against a record that sleeps 4 s more
     (entered in the book by hand) wins on time at p < 0.01 and meets the target at p < 0.01.

@@ -210,11 +210,12 @@ def test_async_vector_env_runs_two_at_once(tiny_data, tmp_path):
         envs.close()
 
 
-@pytest.mark.slow
 def test_unicode_survives_vector_shared_memory(tiny_data, tmp_path):
-    """A script with non-ASCII text comes back intact through AsyncVectorEnv's shared memory."""
+    """A script with non-ASCII text comes back intact through AsyncVectorEnv's shared memory
+    (the text is the subject, so the fake sandbox runs it)."""
     script = BASELINE.replace("# Hyperparameters", "# Hyperparameters — ReLU² später 🚀")
-    fns = [lambda: gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, runs_dir=tmp_path / "r")]
+    fns = [lambda: gym.make("nanoenv/Speedrun-Tiny-v0", smoke=True, runs_dir=tmp_path / "r",
+                            sandbox=FakeSandbox(), verify="none")]  # fmt: skip
     envs = gym.vector.AsyncVectorEnv(fns)
     try:
         envs.reset(seed=0)

@@ -105,7 +105,7 @@ def test_a_record_of_several_changes_shares_its_gain():
     assert one.record_gain == pytest.approx(math.log(22.3 / 15.2) / 4)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(steps=4)  # six smoke runs
 def test_the_benchmark_runs_ideas_paired_by_seed_and_writes_the_summary(tmp_path, tiny_data):
     """benchmarks/fidelity.py end to end at smoke size: two ideas, two seeds, through the env."""
     import json

@@ -21,7 +21,7 @@ def gpt2_data():
     return prepare("shakespeare-gpt2")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(steps=3)  # a GPT-2 run, its data and an audit
 def test_the_check_trains_verifies_and_reports_on_the_cpu_path(gpt2_data, tmp_path):
     out = tmp_path / "check.json"
     proc = subprocess.run(
