@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from nanoenv.sandbox.base import copy_out, extract_tar
+from nanoenv.sandbox.base import OutputPump, copy_out, extract_tar
 from nanoenv.sandbox.isolation import bwrap, namespace_support
 from nanoenv.sandbox.local import LocalSandbox
 from nanoenv.types import Job, Limits
@@ -69,6 +70,37 @@ def test_a_slow_consumer_does_not_move_the_stamps():
     assert seen == result.lines
     # printed together, so stamped together: not 0.1 s apart as the consumer took them
     assert seen[-1].t - seen[0].t < 1.0, [ln.t for ln in seen]  # the old pump: 1.9 s
+
+
+@pytest.mark.parametrize("cause", ["overflow", "end line"])
+def test_stopping_a_job_never_holds_the_reader(cause):
+    """Docker reports a killed container only once its exec's output has been read to the end.
+    The pump called the kill on the reader's own thread, so the kill waited on a stream nobody
+    read: every flood, and every docker job stopped at its output cap, sat out the engine's
+    10 s before it gave up and killed the container directly. The kill here, like the engine's,
+    returns only once the reader has drained the stream."""
+    drained = threading.Event()
+    stopped = threading.Event()
+
+    def kill() -> None:
+        drained.wait(10)  # the old pump: the reader is inside this call, so it never comes
+        stopped.set()
+
+    pump = OutputPump(0.0, 1 << 10, None, kill, end_line="END", on_end=kill)
+    first = b"END\n" if cause == "end line" else b"x" * 2048 + b"\n"
+
+    def read() -> None:
+        for raw in (first, b"what the dying job still writes\n", b"its last line\n"):
+            pump.emit(raw, "stdout")
+        drained.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "the reader is held by the kill"
+    pump.join()  # waits for the stop too
+    assert stopped.is_set()
+    assert pump.truncated == (cause == "overflow") and pump.ended == (cause == "end line")
 
 
 def test_crash_keeps_output_and_exit_code():

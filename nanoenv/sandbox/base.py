@@ -143,7 +143,9 @@ class OutputPump:
     callback) must never hold the reader: the lines behind it would be stamped late, and the
     run timed longer than it ran. A stdout line that begins with ``end_line`` is the job's last:
     ``on_end`` is called to stop the job, and nothing after it is kept. ``join`` returns once
-    every line has been delivered.
+    every line has been delivered. ``on_overflow`` and ``on_end`` run in a thread of their own
+    too: stopping a job can wait on the job's own stream (Docker reports a killed container
+    only once its exec's output is drained), so the reader must go on draining meanwhile.
     """
 
     DELIVERY_WAIT_S = 60.0  # the longest join waits for a consumer that has fallen behind
@@ -169,6 +171,7 @@ class OutputPump:
         self.ended = False  # the end line came, and the job was stopped there
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._stoppers: list[threading.Thread] = []
         self._deliveries: queue.SimpleQueue[StampedLine | None] = queue.SimpleQueue()
         self._deliverer: threading.Thread | None = None
         if on_line is not None:
@@ -196,7 +199,7 @@ class OutputPump:
             if self.bytes_seen > self.max_bytes:
                 if not self.truncated:
                     self.truncated = True
-                    self.on_overflow()
+                    self._stop(self.on_overflow)
                 return  # keep draining so the child is never blocked on a full pipe
             line = StampedLine(
                 t=round(stamp, 4),
@@ -209,7 +212,18 @@ class OutputPump:
             if self.end_line and stream == "stdout" and line.text.startswith(self.end_line):
                 self.ended = True
                 if self.on_end is not None:
-                    self.on_end()
+                    self._stop(self.on_end)
+
+    def _stop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (it stops the job) off the reader thread; ``stopped`` waits for it."""
+        t = threading.Thread(target=action, daemon=True)
+        t.start()
+        self._stoppers.append(t)
+
+    def stopped(self, timeout: float = 30.0) -> None:
+        """Wait until the stop the output asked for (overflow or end line), if any, is done."""
+        for t in self._stoppers:
+            t.join(timeout)
 
     def _deliver(self) -> None:
         while (line := self._deliveries.get()) is not None:
@@ -221,6 +235,7 @@ class OutputPump:
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the readers to see end of file, then for every line to be delivered."""
+        self.stopped(timeout)
         for t in self._threads:
             t.join(timeout)
         if self._deliverer is not None:

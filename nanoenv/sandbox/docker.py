@@ -341,6 +341,7 @@ class DockerSandbox:
         if timed_out:
             _kill(container)
             reader.join(10)
+        pump.stopped()  # a kill the output asked for is over before the container is read
         info = api.exec_inspect(exec_id)
         exit_code = None if info.get("Running") else info.get("ExitCode")
         notes: list[str] = []
