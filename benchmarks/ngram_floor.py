@@ -1,6 +1,7 @@
 """What count models score on a dataset's val split: the n-gram floor a track should train past.
 
     python benchmarks/ngram_floor.py tiny-bpe [--tokens 32768]
+    python benchmarks/ngram_floor.py DIR       (a dataset folder, e.g. one bpe_vocab.py wrote)
 
 Fits unigram, interpolated bigram and interpolated trigram counts on the train split and prints
 each one's loss (nats per token) on the first ``--tokens`` val tokens, the ones a track's
@@ -14,6 +15,7 @@ import argparse
 import itertools
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -32,7 +34,9 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--tokens", type=int, default=32768)
     args = ap.parse_args()
-    root = dataset_root(canonical(args.dataset))
+    root = Path(args.dataset)
+    if not (root / "manifest.json").is_file():
+        root = dataset_root(canonical(args.dataset))
     manifest = load_manifest(root)
     train, val = split_tokens(root, manifest, "train"), split_tokens(root, manifest, "val")
     val = val[: args.tokens + 1]

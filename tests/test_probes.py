@@ -270,7 +270,7 @@ def test_privileges(run_probe, sandbox):
 def test_lingering_processes(run_probe, sandbox):
     """A child that ignores SIGTERM and a double-forked daemon do not outlive the deadline."""
     tag = f"nanoenv-probe-linger-{sandbox}"
-    result, _ = run_probe(sandbox, probe(f"""
+    result, lines = run_probe(sandbox, probe(f"""
         import os, signal, subprocess, sys, time
         subprocess.Popen([sys.executable, "-c",
             "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)", {tag!r}])
@@ -282,6 +282,7 @@ def test_lingering_processes(run_probe, sandbox):
         print("PROBE started", flush=True)
         time.sleep(300)
     """), timeout_s=8)  # fmt: skip
+    assert lines == ["started"]  # both were started before the deadline came
     assert result.outcome is Outcome.TIMED_OUT
     assert _host_processes(tag) == []
 

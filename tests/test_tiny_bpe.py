@@ -55,3 +55,30 @@ def test_a_changed_tokenizer_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(tiny_bpe, "TOKENIZER_FILE", bad)
     with pytest.raises(DataError, match="expected"):
         tiny_bpe.load_tokenizer()
+
+
+@pytest.mark.slow
+def test_a_vocabulary_of_another_size_for_experiments(tmp_path, tiny_data, monkeypatch):
+    """benchmarks/fidelity_suite/bpe_vocab.py: the same plays and splits in a BPE of another
+    size, trained on train alone, in the dataset's layout (what run_direct.sh and
+    ngram_floor.py read); it refuses a folder that is not empty."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "fidelity_suite" / "bpe_vocab.py"
+    out = tmp_path / "bpe512"
+    done = subprocess.run([sys.executable, str(script), "--vocab", "512", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = verify_dataset(out)
+    assert manifest.vocab_size == 512
+    byte_manifest = load_manifest(tiny_data)
+    for split in ("train", "val", "hidden_val"):
+        ids = _split_bytes(out, manifest, split, dtype=np.int64)
+        raw = _split_bytes(tiny_data, byte_manifest, split, dtype=np.uint8)
+        assert ids.min() >= 0 and ids.max() < 512
+        assert int((ids == tiny_bpe.SEPARATOR).sum()) == int((raw == tiny.SEPARATOR).sum())
+    again = subprocess.run([sys.executable, str(script), "--vocab", "512", "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode != 0 and "not empty" in again.stderr

@@ -43,14 +43,15 @@ def _tokenizers():
     return tokenizers
 
 
-def train_tokenizer(train_chunks: Iterable[bytes]):
-    """A byte-level BPE of VOCAB_SIZE tokens (GPT-2's pre-tokenizer) trained on these chunks."""
+def train_tokenizer(train_chunks: Iterable[bytes], vocab_size: int = VOCAB_SIZE):
+    """A byte-level BPE of ``vocab_size`` tokens (GPT-2's pre-tokenizer) trained on these chunks
+    (the track's is VOCAB_SIZE; other sizes are for experiments, ``bpe_vocab.py``)."""
     tk = _tokenizers()
     tok = tk.Tokenizer(tk.models.BPE())
     tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tk.decoders.ByteLevel()
     trainer = tk.trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=[SEPARATOR_TEXT],
         initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,

