@@ -25,9 +25,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} is not empty")
-    chunks = tiny.split_chunks(tiny.load_texts())
-    tok = tiny_bpe.train_tokenizer(chunks["train"], vocab_size=args.vocab)
-    splits = {k: tiny_bpe.encode_chunks(tok, v) for k, v in chunks.items()}
+    texts = tiny.load_texts()
+    tok = tiny_bpe.train_tokenizer(tiny.split_chunks(texts)["train"], vocab_size=args.vocab)
+    splits = tiny_bpe.encode_splits(tok, texts)
     args.out.mkdir(parents=True, exist_ok=True)
     tok.save(str(args.out / "tokenizer.json"))
     digest = write_splits(

@@ -81,12 +81,15 @@ def encode_chunks(tok, chunks: list[bytes]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint16)
 
 
+def encode_splits(tok, texts: list[tuple[str, str]]) -> dict[Split, np.ndarray]:
+    """The byte dataset's chunks and splits of these plays, each split encoded with ``tok``."""
+    return {k: encode_chunks(tok, v) for k, v in tiny.split_chunks(texts).items()}
+
+
 def build_tiny_bpe(root: Path, source: Path | None = None) -> str:
     """Write the BPE dataset into ``root`` (which must be empty); return the manifest hash."""
     texts = tiny.load_texts(source)
-    chunks = tiny.split_chunks(texts)
-    tok = load_tokenizer()
-    splits: dict[Split, np.ndarray] = {k: encode_chunks(tok, v) for k, v in chunks.items()}
+    splits = encode_splits(load_tokenizer(), texts)
     return write_splits(
         root,
         splits,
