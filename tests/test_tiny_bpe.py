@@ -61,7 +61,8 @@ def test_a_changed_tokenizer_file_is_refused(monkeypatch, tmp_path):
 def test_a_vocabulary_of_another_size_for_experiments(tmp_path, tiny_data, monkeypatch):
     """benchmarks/fidelity_suite/bpe_vocab.py: the same plays and splits in a BPE of another
     size, trained on train alone, in the dataset's layout (what run_direct.sh and
-    ngram_floor.py read); it refuses a folder that is not empty."""
+    ngram_floor.py read); it refuses a folder that is not empty, and a size with nothing to
+    merge (it wrote a manifest of 10 tokens over data of 257)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -82,3 +83,7 @@ def test_a_vocabulary_of_another_size_for_experiments(tmp_path, tiny_data, monke
     again = subprocess.run([sys.executable, str(script), "--vocab", "512", "--out", str(out)],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode != 0 and "not empty" in again.stderr
+    tiny_vocab = subprocess.run([sys.executable, str(script), "--vocab", "10", "--out", str(tmp_path / "v10")],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert tiny_vocab.returncode != 0 and "257 to 65,536" in tiny_vocab.stderr
+    assert not (tmp_path / "v10").exists()  # refused before anything was written

